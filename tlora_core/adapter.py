@@ -1,0 +1,231 @@
+"""The one T-LoRA adapter, used by the trainer and by the loader (SPEC §3).
+
+A ``TLoRA`` holds one ``TLoRALayer`` per adapted Linear (named by its diffusers module path,
+e.g. ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q``), the validated
+``TLoRAConfig`` and the step count it was trained for. Parameters live in float32; the
+adapter maths runs in float32 and is cast back to the caller's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .functional import ortho_delta, ortho_delta_weight, vanilla_delta, vanilla_delta_weight
+from .schedule import NUM_TRAIN_TIMESTEPS, RankSchedule
+
+VARIANTS = ("tlora", "vanilla")
+VARIANT_LABELS = {"tlora": "T-LoRA", "vanilla": "Vanilla T-LoRA"}
+INITS = ("last", "principal", "middle")
+
+
+@dataclass(frozen=True)
+class TLoRAConfig:
+    """What an adapter is; everything a file needs to be self-describing.
+
+    variant: "tlora" (Ortho-LoRA parametrisation) or "vanilla".
+    rank / min_rank / schedule_power: the rank schedule (SPEC §2).
+    init: which singular components seed the Ortho factors ("last", "principal", "middle").
+    model_family: the model family the layers belong to ("sd15", "sdxl", "flux", ...).
+    """
+
+    variant: str = "tlora"
+    rank: int = 64
+    min_rank: int = 32
+    schedule_power: float = 1.0
+    init: str = "last"
+    model_family: str = ""
+    num_timesteps: int = NUM_TRAIN_TIMESTEPS
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(
+                f"T-LoRA: unknown variant {self.variant!r}. Use one of {', '.join(map(repr, VARIANTS))}."
+            )
+        if self.init not in INITS:
+            raise ValueError(f"T-LoRA: unknown init {self.init!r}. Use one of {', '.join(map(repr, INITS))}.")
+        object.__setattr__(self, "schedule_power", float(self.schedule_power))
+        self.schedule  # validates rank, min_rank, schedule_power
+
+    @property
+    def schedule(self) -> RankSchedule:
+        return RankSchedule(self.rank, self.min_rank, self.schedule_power, self.num_timesteps)
+
+
+class TLoRALayer(nn.Module):
+    """Adapter for one Linear of shape (out_features, in_features).
+
+    Per-layer rank = min(R, in, out); the layer uses the first ``rank`` entries of the
+    adapter-wide (..., R) mask.
+    Vanilla parameters: down (rank, in), up (out, rank).
+    Ortho parameters: q (rank, in), p (out, rank), lam (rank,) trainable, and the frozen
+    initial copies q0, p0, lam0 (buffers) that make the delta exactly zero at init.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, variant: str) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"T-LoRA: unknown variant {variant!r}. Use one of {', '.join(map(repr, VARIANTS))}.")
+        for label, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"T-LoRA: layer {label} ({value!r}) must be a whole number >= 1.")
+        if rank > min(in_features, out_features):
+            raise ValueError(
+                f"T-LoRA: layer rank ({rank}) exceeds what a {out_features}x{in_features} layer allows "
+                f"({min(in_features, out_features)}). Per-layer rank must be min(rank, in, out)."
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.variant = variant
+        if variant == "vanilla":
+            self.down = nn.Parameter(torch.zeros(rank, in_features))
+            self.up = nn.Parameter(torch.zeros(out_features, rank))
+        else:
+            self.q = nn.Parameter(torch.zeros(rank, in_features))
+            self.p = nn.Parameter(torch.zeros(out_features, rank))
+            self.lam = nn.Parameter(torch.zeros(rank))
+            self.register_buffer("q0", torch.zeros(rank, in_features))
+            self.register_buffer("p0", torch.zeros(out_features, rank))
+            self.register_buffer("lam0", torch.zeros(rank))
+
+    # -- initialisation --------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_(self, init: str, generator: torch.Generator, svd_device: torch.device | None = None) -> None:
+        """Draw the reference's initial values (SPEC §3), deterministic for a given generator.
+
+        Random numbers are drawn on the CPU (so a seed means the same thing on every machine);
+        the SVD may run on ``svd_device``.
+        """
+        r = self.rank
+        if self.variant == "vanilla":
+            self.down.copy_(torch.randn(r, self.in_features, generator=generator) / r)
+            self.up.zero_()
+            return
+        base = torch.randn(self.in_features, self.out_features, generator=generator) / r
+        if svd_device is not None:
+            base = base.to(svd_device)
+        u, s, vh = torch.linalg.svd(base, full_matrices=True)
+        # Rows of U and columns of Vh, as the reference slices them.
+        if init == "principal":
+            q, p, lam = u[:r], vh[:, :r], s[:r]
+        elif init == "last":
+            q, p, lam = u[-r:], vh[:, -r:], s[-r:]
+        elif init == "middle":
+            su = math.ceil((u.shape[0] - r) / 2)
+            sv = math.ceil((vh.shape[1] - r) / 2)
+            ss = math.ceil((s.shape[0] - r) / 2)
+            q, p, lam = u[su : su + r], vh[:, sv : sv + r], s[ss : ss + r]
+        else:
+            raise ValueError(f"T-LoRA: unknown init {init!r}. Use one of {', '.join(map(repr, INITS))}.")
+        for name, value in (("q", q), ("p", p), ("lam", lam)):
+            getattr(self, name).copy_(value)
+            getattr(self, name + "0").copy_(value)
+
+    # -- maths --------------------------------------------------------------------------------
+    def _params(self) -> tuple[torch.Tensor, ...]:
+        if self.variant == "vanilla":
+            return (self.down, self.up)
+        return (self.q, self.p, self.lam, self.q0, self.p0, self.lam0)
+
+    def delta(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked delta on activations, maths in float32, returned in x's dtype.
+
+        x: (B, ..., in); mask: (R,) shared or (B, R) per row, adapter-wide R >= self.rank.
+        """
+        params = self._params()
+        m = mask[..., : self.rank].to(device=params[0].device, dtype=params[0].dtype)
+        xf = x.to(params[0].dtype)
+        out = vanilla_delta(xf, *params, m) if self.variant == "vanilla" else ortho_delta(xf, *params, m)
+        return out.to(x.dtype)
+
+    def delta_weight(self, mask: torch.Tensor) -> torch.Tensor:
+        """Merged weight delta (out, in) in float32 for one (R,) mask."""
+        params = self._params()
+        m = mask[: self.rank].to(params[0])
+        return vanilla_delta_weight(*params, m) if self.variant == "vanilla" else ortho_delta_weight(*params, m)
+
+    def lora_factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer frozen at the mask with ``rank`` components on, as a plain LoRA.
+
+        Returns (down (K, in), up (out, K)) with delta_W = up @ down; K = r for Vanilla and
+        2r for Ortho ([P·diag(λ), −P0·diag(λ0)] and [Q; Q0]), r = min(rank, self.rank).
+        """
+        r = min(rank, self.rank)
+        if self.variant == "vanilla":
+            return self.down[:r], self.up[:, :r]
+        down = torch.cat([self.q[:r], self.q0[:r]], dim=0)
+        up = torch.cat([self.p[:, :r] * self.lam[:r], -(self.p0[:, :r] * self.lam0[:r])], dim=1)
+        return down, up
+
+
+class TLoRA(nn.Module):
+    """A whole adapter: config + named layers + how long it was trained."""
+
+    def __init__(self, config: TLoRAConfig, layers: Mapping[str, TLoRALayer], training_steps: int = 0) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("T-LoRA: an adapter needs at least one layer.")
+        self.config = config
+        self.names: list[str] = list(layers)
+        self.layer_list = nn.ModuleList(layers[n] for n in self.names)
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self.training_steps = int(training_steps)
+        for name, layer in layers.items():
+            if layer.variant != config.variant:
+                raise ValueError(f"T-LoRA: layer {name!r} is {layer.variant}, the adapter is {config.variant}.")
+            expected = min(config.rank, layer.in_features, layer.out_features)
+            if layer.rank != expected:
+                raise ValueError(
+                    f"T-LoRA: layer {name!r} has rank {layer.rank}, expected min(rank {config.rank}, "
+                    f"in {layer.in_features}, out {layer.out_features}) = {expected}."
+                )
+
+    @classmethod
+    def create(
+        cls,
+        config: TLoRAConfig,
+        shapes: Mapping[str, tuple[int, int]],
+        seed: int = 0,
+        svd_device: torch.device | None = None,
+    ) -> "TLoRA":
+        """New adapter at its initial values. shapes: name -> (in_features, out_features)."""
+        generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+        layers = {}
+        for name, (fan_in, fan_out) in shapes.items():
+            layer = TLoRALayer(fan_in, fan_out, min(config.rank, fan_in, fan_out), config.variant)
+            layer.reset_(config.init, generator, svd_device)
+            layers[name] = layer
+        return cls(config, layers)
+
+    @property
+    def schedule(self) -> RankSchedule:
+        return self.config.schedule
+
+    def layer(self, name: str) -> TLoRALayer:
+        return self.layer_list[self._index[name]]  # type: ignore[return-value]
+
+    def items(self) -> Iterator[tuple[str, TLoRALayer]]:
+        for name, layer in zip(self.names, self.layer_list):
+            yield name, layer  # type: ignore[misc]
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {n: (layer.in_features, layer.out_features) for n, layer in self.items()}
+
+    def with_config(self, **changes: object) -> "TLoRA":
+        """Same layers (shared, not copied) under a changed config, e.g. another min_rank."""
+        return TLoRA(replace(self.config, **changes), dict(self.items()), self.training_steps)  # type: ignore[arg-type]
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"{VARIANT_LABELS[c.variant]}, rank={c.rank}, min_rank={c.min_rank}, "
+            f"schedule_power={c.schedule_power}, family={c.model_family or '?'}, layers={len(self.names)}"
+        )
