@@ -8,6 +8,7 @@ from .formats import (
     TLoRAFileError,
     export_lora,
     load_tlora,
+    read_tlora,
     save_lora,
     save_tlora,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "VARIANT_LABELS",
     "export_lora",
     "load_tlora",
+    "read_tlora",
     "save_lora",
     "save_tlora",
 ]

@@ -61,6 +61,9 @@ class LoadedFile:
     source: str  # "tlora-nodes" or "reference"
     metadata: dict[str, str] = field(default_factory=dict)
     training_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    # True for reference files: their schedule (min_rank, schedule_power) is a placeholder
+    # (min_rank = rank, i.e. no schedule) until the caller supplies the real one.
+    needs_schedule: bool = False
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -101,33 +104,47 @@ def _describe(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) 
     return f"{len(keys)} tensors ({what}){meta}"
 
 
+def read_tlora(path: str) -> LoadedFile:
+    """Read our format or a reference SD-XL file as it is, without asking for a schedule.
+
+    Reference files come back with ``needs_schedule=True``; see ``load_tlora``.
+    """
+    tensors, metadata = _read(path)
+    if metadata.get("format") == FORMAT_NAME:
+        return _from_ours(path, tensors, metadata)
+    if any(k.endswith(("_lora.down.weight", "_lora.q_layer.weight")) for k in tensors):
+        return _from_reference(path, tensors)
+    raise TLoRAFileError(
+        f"T-LoRA: {os.path.basename(path)} is neither a tlora-nodes file nor a reference T-LoRA file: "
+        f"found {_describe(tensors, metadata)}. Pick a file written by T-LoRA Train or the reference trainer."
+    )
+
+
 def load_tlora(
     path: str,
     min_rank: int | None = None,
     schedule_power: float | None = None,
 ) -> LoadedFile:
-    """Read our format or a reference SD-XL file.
+    """Read our format or a reference SD-XL file, with its schedule settled.
 
-    min_rank / schedule_power: required for reference files (they don't store the schedule);
-    for our files they override the stored values when given.
+    min_rank / schedule_power: required (min_rank) for reference files, which don't store the
+    schedule (p defaults to 1.0, the paper's); for our files they override the stored values.
     """
-    tensors, metadata = _read(path)
-    if metadata.get("format") == FORMAT_NAME:
-        loaded = _from_ours(path, tensors, metadata)
-        changes: dict[str, object] = {}
-        if min_rank is not None:
-            changes["min_rank"] = int(min_rank)
-        if schedule_power is not None:
-            changes["schedule_power"] = float(schedule_power)
-        if changes:
-            loaded.adapter = loaded.adapter.with_config(**changes)
-        return loaded
-    if any(k.endswith(("_lora.down.weight", "_lora.q_layer.weight")) for k in tensors):
-        return _from_reference(path, tensors, min_rank, schedule_power)
-    raise TLoRAFileError(
-        f"T-LoRA: {os.path.basename(path)} is neither a tlora-nodes file nor a reference T-LoRA file: "
-        f"found {_describe(tensors, metadata)}. Pick a file written by T-LoRA Train or the reference trainer."
-    )
+    loaded = read_tlora(path)
+    if loaded.needs_schedule and min_rank is None:
+        raise TLoRAFileError(
+            f"T-LoRA: {os.path.basename(path)} is a reference-trained file; it does not store min_rank (see the "
+            f"run's logs/hparams.yml). Set 'min_rank' on T-LoRA Load (the paper uses half of rank)."
+        )
+    changes: dict[str, object] = {}
+    if min_rank is not None:
+        changes["min_rank"] = int(min_rank)
+    if schedule_power is not None:
+        changes["schedule_power"] = float(schedule_power)
+    if changes:
+        loaded.adapter = loaded.adapter.with_config(**changes)
+        loaded.needs_schedule = False
+    return loaded
 
 
 def _meta_int(metadata: Mapping[str, str], key: str, path: str) -> int:
@@ -208,9 +225,7 @@ def _check_keys(name: str, expected: set[str], found: set[str]) -> None:
         )
 
 
-def _from_reference(
-    path: str, tensors: dict[str, torch.Tensor], min_rank: int | None, schedule_power: float | None
-) -> LoadedFile:
+def _from_reference(path: str, tensors: dict[str, torch.Tensor]) -> LoadedFile:
     name = os.path.basename(path)
     variant = "tlora" if any(k.endswith("_lora.q_layer.weight") for k in tensors) else "vanilla"
     grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -226,11 +241,6 @@ def _from_reference(
         raise TLoRAFileError(
             f"T-LoRA: {name} looks like a reference {VARIANT_LABELS[variant]} file but has {len(unknown)} keys it "
             f"can't place (e.g. {unknown[0]!r}). Only the reference SD-XL attention processors are supported."
-        )
-    if min_rank is None:
-        raise TLoRAFileError(
-            f"T-LoRA: {name} is a reference-trained file; it does not store min_rank (see the run's "
-            f"logs/hparams.yml). Set 'min_rank' on T-LoRA Load (the paper uses half of rank)."
         )
     params = PARAM_NAMES[variant]
     rank = 0
@@ -268,15 +278,8 @@ def _from_reference(
             f"T-LoRA: {name}: can't tell which model family it was trained for (no cross-attention to_k layer "
             f"with a known context width {sorted(_CONTEXT_FAMILY)})."
         )
-    config = TLoRAConfig(
-        variant=variant,
-        rank=rank,
-        min_rank=int(min_rank),
-        schedule_power=1.0 if schedule_power is None else float(schedule_power),
-        init="last",
-        model_family=family,
-    )
-    return LoadedFile(TLoRA(config, layers), "reference", {})
+    config = TLoRAConfig(variant=variant, rank=rank, min_rank=rank, init="last", model_family=family)
+    return LoadedFile(TLoRA(config, layers), "reference", {}, needs_schedule=True)
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -381,6 +384,7 @@ __all__ = [
     "export_lora",
     "load_tlora",
     "lora_key",
+    "read_tlora",
     "save_lora",
     "save_tlora",
 ]

@@ -1,0 +1,15 @@
+"""The extension: the single list of nodes this pack ships."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply import TimestepAwareApply
+from .load import TLoRALoad
+
+NODES: list[type[io.ComfyNode]] = [TLoRALoad, TimestepAwareApply]
+
+
+class TLoRAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

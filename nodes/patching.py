@@ -1,0 +1,324 @@
+"""All ModelPatcher glue: which layers a T-LoRA adapts, and how the sampler's sigma picks the mask.
+
+Mechanism: activation-side, one forward override per adapted Linear, installed as ModelPatcher
+object patches (``<module path>.forward``), plus one APPLY_MODEL wrapper that turns the sigma
+of every model call into the reference's timestep and sets the rank mask for that call.
+
+    y = Linear(x) + Σ_adapters strength · delta(x, mask(t(σ)))        (tlora_core does delta)
+
+Why this and not ComfyUI's weight wrappers (``add_weight_wrapper``):
+- Per-row masks. A weight wrapper yields one weight per forward, so one mask per forward. The
+  trainer needs a mask per batch row (each sample follows its own timestep); so does any model
+  call whose rows carry different sigmas. Activation-side handles both with one code path.
+- The base layer is left alone. Stacked LoRAs, lowvram/partial loading (weights cast per
+  forward), fp16/bf16, fp8 and scaled-fp8 checkpoints all keep computing Linear(x) their own way;
+  we add a float32 delta and cast it to the activation dtype. Weight wrappers receive fp8 or
+  unscaled weights and must undo each storage trick.
+- Training cost. Through a weight, backward computes the full (out x in) weight gradient of
+  every adapted layer; on activations the extra work is rank-sized.
+- Lifetime. ModelPatcher restores object patches on every unpatch and (re)applies the new
+  patcher's on every load, also when it skips reloading weights. Weight-wrapper functions stay on
+  the modules after a full-load unpatch, and a clone with the same weights but other wrappers
+  can keep running the old ones.
+- torch.compile. Masks are tensors read per call; their values change, their shapes don't, so a
+  compiled model is not recompiled per step (a Python-int rank would be).
+
+Reruns: each MODEL output is a fresh ``clone()``; the stack of adapters lives in a patcher
+attachment, so applying T-LoRA twice stacks two adapters on purpose and rerunning the same graph
+starts again from the untouched input MODEL. The mask set by a call stays until the next call
+(not reset on return): gradient checkpointing recomputes the forward during backward, after
+apply_model has returned, and must see the same mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.utils
+
+from ..tlora_core import TLoRA, TLoRALayer
+
+log = logging.getLogger(__name__)
+
+KEY = "tlora_nodes"
+
+# model_config class -> family. Families must match exactly between a T-LoRA and a MODEL.
+FAMILIES = {
+    "SD15": "sd15",
+    "SD15_instructpix2pix": "sd15",
+    "SD20": "sd2",
+    "SD21UnclipL": "sd2",
+    "SD21UnclipH": "sd2",
+    "LotusD": "sd2",
+    "SDXL": "sdxl",
+    "SDXL_instructpix2pix": "sdxl",
+    "SSD1B": "ssd1b",
+    "Segmind_Vega": "segmind_vega",
+    "KOALA_700M": "koala_700m",
+    "KOALA_1B": "koala_1b",
+    "Flux": "flux",
+    "FluxInpaint": "flux",
+    "FluxSchnell": "flux",
+}
+FAMILY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX.1"}
+SUPPORTED = "SD1.5, SD2, SDXL (and SSD-1B, Vega, KOALA) and FLUX.1"
+
+# Diffusers names of the adapted layers (SPEC §4).
+_UNET_TARGET = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
+_FLUX_TARGET = re.compile(
+    r"^(transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|to_out\.0)"
+    r"|single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v))$"
+)
+
+
+def family_name(family: str) -> str:
+    return FAMILY_NAMES.get(family, family.upper() if family else "an unknown model")
+
+
+# -- where the adapter goes -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """One adapted layer. ``rows`` is (offset, size) into a fused weight's outputs (Flux q/k/v)."""
+
+    name: str  # diffusers module path, the adapter's layer name
+    module: str  # module path inside the BaseModel, e.g. "diffusion_model.input_blocks.1.1....to_q"
+    rows: tuple[int, int] | None
+    in_features: int
+    out_features: int
+
+
+def model_family(model: comfy.model_patcher.ModelPatcher, node: str) -> str:
+    config = model.model.model_config
+    family = FAMILIES.get(type(config).__name__)
+    if family is None:
+        raise ValueError(
+            f"{node}: T-LoRA can't adapt a {type(config).__name__} model (supported: {SUPPORTED}). "
+            f"Connect one of those checkpoints."
+        )
+    return family
+
+
+def find_targets(model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, Target]:
+    """Every layer T-LoRA adapts in this model, keyed by diffusers name."""
+    family = model_family(model, node)
+    unet_config = model.model.model_config.unet_config
+    if family == "flux":
+        mapping = comfy.utils.flux_to_diffusers(unet_config, output_prefix="diffusion_model.")
+        pattern = _FLUX_TARGET
+    else:
+        mapping = {k: "diffusion_model." + v for k, v in comfy.utils.unet_to_diffusers(unet_config).items()}
+        pattern = _UNET_TARGET
+    targets: dict[str, Target] = {}
+    for diffusers_key, comfy_key in mapping.items():
+        if not diffusers_key.endswith(".weight"):
+            continue
+        name = diffusers_key[: -len(".weight")]
+        if not pattern.search(name):
+            continue
+        if isinstance(comfy_key, tuple):
+            weight_key, (_, offset, size) = comfy_key
+            rows: tuple[int, int] | None = (int(offset), int(size))
+        else:
+            weight_key, rows = comfy_key, None
+        module_path = weight_key[: -len(".weight")]
+        weight = comfy.utils.get_attr(model.model, weight_key)
+        out_features = rows[1] if rows else int(weight.shape[0])
+        targets[name] = Target(name, module_path, rows, int(weight.shape[1]), out_features)
+    if not targets:
+        raise ValueError(f"{node}: found no attention layers to adapt in this {family_name(family)} model.")
+    return targets
+
+
+def layer_shapes(targets: dict[str, Target]) -> dict[str, tuple[int, int]]:
+    return {name: (t.in_features, t.out_features) for name, t in targets.items()}
+
+
+def check_compatible(adapter: TLoRA, model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, Target]:
+    """The targets the adapter's layers bind to; an error naming both sides if they don't fit."""
+    family = model_family(model, node)
+    trained_for = adapter.config.model_family
+    if trained_for and trained_for != family:
+        raise ValueError(
+            f"{node}: this T-LoRA was trained for {family_name(trained_for)}, but the MODEL is "
+            f"{family_name(family)}. Load a T-LoRA trained for {family_name(family)}, or connect a "
+            f"{family_name(trained_for)} checkpoint."
+        )
+    targets = find_targets(model, node)
+    missing = [n for n in adapter.names if n not in targets]
+    wrong = [
+        (n, layer, targets[n])
+        for n, layer in adapter.items()
+        if n in targets and (layer.in_features, layer.out_features) != (targets[n].in_features, targets[n].out_features)
+    ]
+    if missing or wrong:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} layers not in this model (e.g. {missing[0]})")
+        if wrong:
+            n, layer, t = wrong[0]
+            detail.append(
+                f"{len(wrong)} layers of another shape (e.g. {n}: T-LoRA {layer.in_features}->{layer.out_features}, "
+                f"model {t.in_features}->{t.out_features})"
+            )
+        raise ValueError(
+            f"{node}: this T-LoRA was made for other layer shapes than this MODEL: {'; '.join(detail)}. "
+            f"Use a T-LoRA trained on this checkpoint's architecture."
+        )
+    return {n: targets[n] for n in adapter.names}
+
+
+# -- sigma -> timestep -------------------------------------------------------------------------------
+def sigma_to_timestep(model_sampling: Any, sigma: torch.Tensor) -> torch.Tensor:
+    """The reference's t for each row's sigma (SPEC §2).
+
+    Discrete (SD1.5/SD2/SDXL, eps or v): the index of the closest training sigma, as
+    ``ModelSamplingDiscrete.timestep`` computes it (also for EDM variants, which override it).
+    Flow (FLUX, SD3-style): t = 1000 * sigma, shift included since sigma is already shifted;
+    rounded to 1e-3 so that sigma = t/1000 written in float32 gives back exactly t.
+    """
+    if isinstance(model_sampling, (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)):
+        return torch.round(sigma.double() * 1000.0, decimals=3)
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        return comfy.model_sampling.ModelSamplingDiscrete.timestep(model_sampling, sigma).double()
+    raise ValueError(
+        f"T-LoRA: can't map sigma to a timestep for {type(model_sampling).__name__} sampling "
+        f"(supported: discrete SD sampling and flow matching)."
+    )
+
+
+# -- the runtime ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Applied:
+    adapter: TLoRA
+    strength: float
+    targets: dict[str, Target]
+
+
+class TLoRAStack:
+    """The adapters one patched MODEL carries and the masks of its current model call."""
+
+    def __init__(self, applied: tuple[Applied, ...]) -> None:
+        self.applied = applied
+        self.masks: list[torch.Tensor | None] = [None] * len(applied)
+        self.active_ranks: list[torch.Tensor | None] = [None] * len(applied)
+        self._device_layers: dict[tuple[int, torch.device], dict[str, TLoRALayer]] = {}
+        self._warned_unset = False
+
+    def extended(self, item: Applied) -> "TLoRAStack":
+        return TLoRAStack(self.applied + (item,))
+
+    # called once per model call, from the APPLY_MODEL wrapper (or by the trainer via apply_model)
+    def set_timesteps(self, timesteps: torch.Tensor) -> None:
+        """timesteps: (B,) one per batch row. Rows that share a rank share one (R,) mask."""
+        for i, item in enumerate(self.applied):
+            schedule = item.adapter.schedule
+            ranks = schedule.rank_at(timesteps)
+            self.active_ranks[i] = ranks
+            if bool((ranks == ranks[0]).all()):
+                self.masks[i] = schedule.mask_at(timesteps[:1])[0]
+            else:
+                self.masks[i] = schedule.mask_at(timesteps)
+
+    def _mask(self, i: int, device: torch.device) -> torch.Tensor:
+        mask = self.masks[i]
+        if mask is None:
+            if not self._warned_unset:
+                log.debug("T-LoRA: model run outside a sampler call; using the full-rank mask.")
+                self._warned_unset = True
+            mask = self.applied[i].adapter.schedule.mask_at(0)
+            self.masks[i] = mask
+        return mask.to(device)
+
+    def _layers(self, i: int, device: torch.device) -> dict[str, TLoRALayer]:
+        """The adapter's own layers when they already live on ``device`` (training, CPU); else a
+        frozen copy on that device, made once, so the adapter object the user loaded stays put."""
+        adapter = self.applied[i].adapter
+        first = next(adapter.parameters())
+        if first.device == device:
+            return dict(adapter.items())
+        key = (i, device)
+        if key not in self._device_layers:
+            with torch.no_grad():
+                copies = {}
+                for name, layer in adapter.items():
+                    copy = TLoRALayer(layer.in_features, layer.out_features, layer.rank, layer.variant)
+                    copy.load_state_dict(layer.state_dict())
+                    copies[name] = copy.requires_grad_(False).to(device)
+            self._device_layers[key] = copies
+        return self._device_layers[key]
+
+    def forward(self, module: torch.nn.Module, slots: tuple[tuple[int, str, tuple[int, int] | None], ...],
+                x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        y = type(module).forward(module, x, *args, **kwargs)
+        for i, name, rows in slots:
+            delta = self._layers(i, x.device)[name].delta(x, self._mask(i, x.device))
+            strength = self.applied[i].strength
+            if strength != 1.0:
+                delta = delta * strength
+            if rows is None:
+                y = y + delta
+            else:
+                y[..., rows[0] : rows[0] + rows[1]] += delta
+        return y
+
+
+class _PatchedForward:
+    """Object patch for one Linear's ``forward``: its own output plus the T-LoRA deltas."""
+
+    def __init__(self, stack: TLoRAStack, module: torch.nn.Module, slots: tuple) -> None:
+        self.stack = stack
+        self.module = module
+        self.slots = slots
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.stack.forward(self.module, self.slots, x, *args, **kwargs)
+
+
+def _apply_model_wrapper(stack: TLoRAStack) -> Callable[..., Any]:
+    def wrapper(executor: Any, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        base_model = executor.class_obj
+        stack.set_timesteps(sigma_to_timestep(base_model.model_sampling, t.reshape(-1)))
+        return executor(x, t, *args, **kwargs)
+
+    return wrapper
+
+
+def get_stack(model: comfy.model_patcher.ModelPatcher) -> TLoRAStack | None:
+    return model.get_attachment(KEY)
+
+
+def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: float, node: str) -> TLoRAStack:
+    """Patch a ``clone()``d MODEL in place so ``adapter`` follows every model call's sigma.
+
+    Adds to the adapters already attached to this MODEL (if any) and re-registers everything
+    under one key, so nothing is left over from the previous registration.
+    """
+    targets = check_compatible(adapter, model, node)
+    previous = get_stack(model)
+    item = Applied(adapter, float(strength), targets)
+    stack = previous.extended(item) if previous is not None else TLoRAStack((item,))
+
+    slots: dict[str, list[tuple[int, str, tuple[int, int] | None]]] = {}
+    for i, applied in enumerate(stack.applied):
+        for name, target in applied.targets.items():
+            slots.setdefault(target.module, []).append((i, name, target.rows))
+    for module_path, module_slots in slots.items():
+        module = comfy.utils.get_attr(model.model, module_path)
+        model.add_object_patch(f"{module_path}.forward", _PatchedForward(stack, module, tuple(module_slots)))
+
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(stack))
+    model.set_attachments(KEY, stack)
+    return stack
+
+
+def modules_of(model: comfy.model_patcher.ModelPatcher, targets: Iterable[Target]) -> list[torch.nn.Module]:
+    return [comfy.utils.get_attr(model.model, t.module) for t in targets]

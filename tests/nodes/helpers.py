@@ -1,0 +1,103 @@
+"""Helpers for the ComfyUI integration tests (imported only when ComfyUI is present)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+from comfy_api.internal import make_locked_method_func
+
+from tlora_nodes.nodes import patching
+from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
+
+from . import tiny
+
+
+def run_node(node_cls, hidden: dict | None = None, **inputs):
+    """Execute a V3 node the way ComfyUI's executor does (class clone, locked method)."""
+    node_cls.VALIDATE_CLASS()
+    clone = node_cls.PREPARE_CLASS_CLONE(hidden or {})
+    return make_locked_method_func(node_cls, "EXECUTE_NORMALIZED", clone)(**inputs)
+
+
+def make_adapter(model, variant="tlora", rank=8, min_rank=2, power=1.0, seed=0, scale=0.05, family=None) -> TLoRA:
+    """An adapter for this model's layers, moved away from its (zero-delta) init."""
+    targets = patching.find_targets(model, "test")
+    family = family or patching.model_family(model, "test")
+    config = TLoRAConfig(variant=variant, rank=rank, min_rank=min_rank, schedule_power=power, model_family=family)
+    adapter = TLoRA.create(config, patching.layer_shapes(targets), seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return adapter
+
+
+def merged_model(model, adapter: TLoRA, rank: int, strength: float = 1.0):
+    """An independent reference: a deep copy of the model with strength·ΔW(mask of ``rank``)
+    added straight into the weights (fused Flux weights at their row offsets)."""
+    base = copy.deepcopy(model.model)
+    mask = torch.cat([torch.ones(rank), torch.zeros(adapter.config.rank - rank)])
+    targets = patching.find_targets(model, "test")
+    with torch.no_grad():
+        for name, layer in adapter.items():
+            target = targets[name]
+            weight = comfy.utils.get_attr(base, target.module + ".weight")
+            delta = (strength * layer.delta_weight(mask)).to(weight.dtype)
+            if target.rows is None:
+                weight += delta
+            else:
+                weight[target.rows[0] : target.rows[0] + target.rows[1]] += delta
+    return comfy.model_patcher.ModelPatcher(base, load_device=tiny.CPU, offload_device=tiny.CPU)
+
+
+def independent_timestep(model, sigma: float) -> float:
+    """The reference's t for sigma, computed here without ComfyUI's conversion code."""
+    sampling = model.model.model_sampling
+    if isinstance(sampling, (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)):
+        return round(1000.0 * sigma, 3)
+    table = np.log(sampling.sigmas.double().numpy())
+    return float(np.abs(np.log(sigma) - table).argmin())
+
+
+def denoise_at(model, kind: str, sigma: float, cfg: float = 3.0, seed: int = 0, batch: int = 1, positive=None, negative=None):
+    """The model's denoised prediction at one sigma, through the real sampling path (one Euler
+    step from sigma to 0 returns the denoised latent)."""
+    pos, neg = tiny.conditioning(kind, batch=batch)
+    sampler = comfy.samplers.sampler_object("euler")
+    sigmas = torch.tensor([sigma, 0.0])
+    noise = tiny.noise(kind, seed, batch) * sigma
+    latent = torch.zeros(batch, *tiny.LATENT[kind])
+    return comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas, positive or pos, negative or neg, latent, disable_pbar=True, seed=seed
+    )
+
+
+class CallLog:
+    """Records (sigma, active rank) for every model call of a patched model."""
+
+    KEY = "tlora_test_log"
+
+    def __init__(self, model):
+        self.calls: list[tuple[list[float], list[int]]] = []
+        stack = patching.get_stack(model)
+
+        def record(executor, *args, **kwargs):
+            options = kwargs.get("transformer_options") or next(a for a in args if isinstance(a, dict) and "sigmas" in a)
+            sigmas = options["sigmas"].reshape(-1).tolist()
+            ranks = stack.active_ranks[0].reshape(-1).tolist()
+            if len(ranks) == 1:
+                ranks = ranks * len(sigmas)
+            self.calls.append((sigmas, ranks))
+            return executor(*args, **kwargs)
+
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY, record)
+

@@ -1,0 +1,295 @@
+"""Timestep-Aware Apply in the real ComfyUI: the sigma of every model call picks the rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.comfyui
+
+SAMPLERS = ["euler", "heun", "dpmpp_2m", "dpmpp_sde", "euler_ancestral", "uni_pc", "dpm_2"]
+
+
+def apply(helpers, model, adapter, strength=1.0):
+    from tlora_nodes.nodes.apply import TimestepAwareApply
+
+    return helpers.run_node(TimestepAwareApply, model=model, tlora=adapter, strength_model=strength)[0]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("kind", ["sd15", "flux"])
+def test_active_rank_follows_the_sigma_of_every_model_call(tiny, helpers, kind, sampler):
+    model = tiny.build(kind)
+    adapter = helpers.make_adapter(model, rank=16, min_rank=3)
+    patched = apply(helpers, model, adapter)
+    log = helpers.CallLog(patched)
+    tiny.sample(patched, kind, sampler=sampler, scheduler="karras" if kind == "sd15" else "simple", steps=5)
+    assert len(log.calls) >= 5
+    if sampler in ("heun", "dpm_2", "dpmpp_sde"):
+        assert len(log.calls) > 5  # several model calls per step, each at its own sigma
+    schedule = adapter.schedule
+    for sigmas, ranks in log.calls:
+        for sigma, rank in zip(sigmas, ranks):
+            assert rank == int(schedule.rank_at(helpers.independent_timestep(model, sigma))), (sigma, rank)
+    assert len({r for _, ranks in log.calls for r in ranks}) > 2  # the rank really moves
+
+
+def test_sdxl_ddim_uniform_25_steps_gives_the_spec_rank_list(tiny, helpers):
+    model = tiny.build("sdxl")
+    adapter = helpers.make_adapter(model, rank=64, min_rank=32)
+    patched = apply(helpers, model, adapter)
+    log = helpers.CallLog(patched)
+    tiny.sample(patched, "sdxl", sampler="euler", scheduler="ddim_uniform", steps=25)
+    ranks = [r[0] for _, r in log.calls]
+    assert ranks == [33, 34, 35, 37, 38, 39, 40, 42, 43, 44, 46, 47, 48, 49, 51, 52, 53, 55, 56, 57, 58, 60, 61, 62, 63]
+
+
+def assert_same_effect(got, want, plain, rel=1e-3):
+    """got and want differ from the plain model's output by the same delta."""
+    effect = (want - plain).abs().max().item()
+    assert effect > 0
+    torch.testing.assert_close(got - plain, want - plain, rtol=rel, atol=rel * effect)
+
+
+@pytest.mark.parametrize("variant", ["tlora", "vanilla"])
+@pytest.mark.parametrize("kind", ["sd15", "sdxl", "flux"])
+def test_patched_output_equals_merged_delta_at_that_sigma(tiny, helpers, kind, variant):
+    model = tiny.build(kind)
+    adapter = helpers.make_adapter(model, variant=variant, rank=12, min_rank=2, scale=0.5)
+    patched = apply(helpers, model, adapter, strength=0.8)
+    sampling = model.model.model_sampling
+    ranks = []
+    for sigma in (float(sampling.sigma_max) * 0.9, float(sampling.percent_to_sigma(0.5)), float(sampling.percent_to_sigma(0.97))):
+        rank = int(adapter.schedule.rank_at(helpers.independent_timestep(model, sigma)))
+        ranks.append(rank)
+        reference = helpers.merged_model(model, adapter, rank, strength=0.8)
+        got = helpers.denoise_at(patched, kind, sigma)
+        want = helpers.denoise_at(reference, kind, sigma)
+        assert_same_effect(got, want, helpers.denoise_at(model, kind, sigma))
+    assert len(set(ranks)) == 3
+
+
+@pytest.mark.parametrize("variant", ["tlora", "vanilla"])
+def test_min_rank_equal_rank_matches_stock_lora_loader_on_the_export(tiny, helpers, variant, tmp_path):
+    import comfy.sd
+    import comfy.utils
+
+    from tlora_nodes.tlora_core import save_lora
+
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, variant=variant, rank=8, min_rank=8)
+    path = str(tmp_path / "plain.safetensors")
+    save_lora(path, adapter, storage_dtype="fp32")
+    stock, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(path), 0.7, 0.0)
+    ours = apply(helpers, model, adapter, strength=0.7)
+    got = tiny.sample(ours, "sd15", sampler="dpmpp_2m", steps=4)
+    want = tiny.sample(stock, "sd15", sampler="dpmpp_2m", steps=4)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_stock_lora_before_or_after_gives_the_same_sum(tiny, helpers, tmp_path):
+    import comfy.sd
+    import comfy.utils
+
+    from tlora_nodes.tlora_core import save_lora
+
+    model = tiny.build("sd15")
+    ours = helpers.make_adapter(model, rank=8, min_rank=2, seed=1)
+    other = helpers.make_adapter(model, variant="vanilla", rank=4, min_rank=4, seed=2)
+    path = str(tmp_path / "other.safetensors")
+    save_lora(path, other, storage_dtype="fp32")
+    stock_sd = comfy.utils.load_torch_file(path)
+
+    lora_first, _ = comfy.sd.load_lora_for_models(model, None, stock_sd, 1.0, 0.0)
+    before = apply(helpers, lora_first, ours)
+    after, _ = comfy.sd.load_lora_for_models(apply(helpers, model, ours), None, stock_sd, 1.0, 0.0)
+
+    sigma = float(model.model.model_sampling.percent_to_sigma(0.3))
+    rank = int(ours.schedule.rank_at(helpers.independent_timestep(model, sigma)))
+    reference = helpers.merged_model(helpers.merged_model(model, other, 4), ours, rank)
+    want = helpers.denoise_at(reference, "sd15", sigma)
+    for stacked in (before, after):
+        got = helpers.denoise_at(stacked, "sd15", sigma)
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+
+
+def test_two_tloras_stack(tiny, helpers, patching):
+    model = tiny.build("sd15")
+    a = helpers.make_adapter(model, rank=8, min_rank=2, seed=1)
+    b = helpers.make_adapter(model, variant="vanilla", rank=6, min_rank=3, seed=2)
+    both = apply(helpers, apply(helpers, model, a), b, strength=0.5)
+    assert len(patching.get_stack(both).applied) == 2
+    sigma = float(model.model.model_sampling.percent_to_sigma(0.6))
+    t = helpers.independent_timestep(model, sigma)
+    reference = helpers.merged_model(
+        helpers.merged_model(model, a, int(a.schedule.rank_at(t))), b, int(b.schedule.rank_at(t)), strength=0.5
+    )
+    got, want = helpers.denoise_at(both, "sd15", sigma), helpers.denoise_at(reference, "sd15", sigma)
+    torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+
+
+def test_strength_zero_returns_the_input_model(tiny, helpers):
+    model = tiny.build("sd15")
+    assert apply(helpers, model, helpers.make_adapter(model), strength=0.0) is model
+
+
+def test_rerun_gives_identical_output_and_never_mutates_the_input(tiny, helpers, patching):
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model)
+    plain_before = tiny.sample(model, "sd15", steps=3)
+    first = tiny.sample(apply(helpers, model, adapter), "sd15", steps=3)
+    second_model = apply(helpers, model, adapter)
+    second = tiny.sample(second_model, "sd15", steps=3)
+    assert torch.equal(first, second)
+    assert len(patching.get_stack(second_model).applied) == 1  # no stacking across runs
+    assert model.object_patches == {} and patching.get_stack(model) is None
+    assert torch.equal(tiny.sample(model, "sd15", steps=3), plain_before)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_cfg_one_and_split_cond_batches_use_each_calls_sigma(tiny, helpers, cfg):
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=10, min_rank=2)
+    patched = apply(helpers, model, adapter)
+    log = helpers.CallLog(patched)
+    positive, _ = tiny.conditioning("sd15", tokens=6)
+    _, negative = tiny.conditioning("sd15", tokens=31)  # can't be batched with 6 tokens: separate calls
+    tiny.sample(patched, "sd15", cfg=cfg, steps=4, positive=positive, negative=negative)
+    assert len(log.calls) == (4 if cfg == 1.0 else 8)  # cfg 1 skips the uncond
+    for sigmas, ranks in log.calls:
+        assert len(sigmas) == 1
+        assert ranks[0] == int(adapter.schedule.rank_at(helpers.independent_timestep(model, sigmas[0])))
+
+
+def test_rows_at_different_sigmas_get_their_own_masks(tiny, helpers):
+    import comfy.samplers
+
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=10, min_rank=2)
+    patched = apply(helpers, model, adapter)
+    sigmas = [float(model.model.model_sampling.percent_to_sigma(p)) for p in (0.05, 0.9)]
+    x = tiny.noise("sd15", batch=2)
+    pos, _ = tiny.conditioning("sd15", batch=1)
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds(pos, pos)
+    guider.set_cfg(1.0)
+
+    def call(model_patcher, xs, ss):
+        # one model call with per-row sigmas, through ComfyUI's own cond batching
+        class OneCall(comfy.samplers.Sampler):
+            def sample(self, model_wrap, sigmas_, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
+                return model_wrap(xs, torch.tensor(ss), **extra_args)
+
+        g = comfy.samplers.CFGGuider(model_patcher)
+        g.set_conds(pos, pos)
+        g.set_cfg(1.0)
+        return g.sample(xs, torch.zeros_like(xs), OneCall(), torch.tensor([1.0, 0.0]))
+
+    both = call(patched, x, sigmas)
+    for row, sigma in enumerate(sigmas):
+        alone = call(apply(helpers, model, adapter), x[row : row + 1], [sigma])
+        torch.testing.assert_close(both[row : row + 1], alone, rtol=1e-4, atol=1e-4 * alone.abs().max().item())
+    stack_ranks = [int(adapter.schedule.rank_at(helpers.independent_timestep(model, s))) for s in sigmas]
+    assert stack_ranks[0] != stack_ranks[1]
+
+
+def test_bf16_model_stays_within_tolerance(tiny, helpers):
+    model32 = tiny.build("sd15")
+    adapter = helpers.make_adapter(model32, rank=8, min_rank=2)
+    model16 = tiny.build("sd15", dtype=torch.bfloat16)
+    sigma = float(model32.model.model_sampling.percent_to_sigma(0.4))
+    rank = int(adapter.schedule.rank_at(helpers.independent_timestep(model32, sigma)))
+    got = helpers.denoise_at(apply(helpers, model16, adapter), "sd15", sigma)
+    want = helpers.denoise_at(helpers.merged_model(model32, adapter, rank), "sd15", sigma)
+    scale = want.abs().max().item()
+    assert (got - want).abs().max().item() < 0.05 * scale
+    assert torch.isfinite(got).all()
+
+
+def test_fp8_weights_give_the_fp8_model_plus_the_delta(tiny, helpers):
+    fp8 = torch.float8_e4m3fn
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=8, min_rank=2)
+    # an fp8-stored model computing in fp32 (ComfyUI's manual cast), and its exact fp32 twin
+    model8 = tiny.build("sd15")
+    model8.model.manual_cast_dtype = torch.float32
+    with torch.no_grad():
+        for module in model8.model.diffusion_model.modules():
+            if hasattr(module, "comfy_cast_weights") and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+                module.weight.data = module.weight.data.to(fp8)
+                module.comfy_cast_weights = True
+    twin = tiny.build("sd15")
+    with torch.no_grad():
+        for (n8, p8), (n, p) in zip(model8.model.named_parameters(), twin.model.named_parameters()):
+            p.copy_(p8.float())
+    sigma = float(model.model.model_sampling.percent_to_sigma(0.5))
+    rank = int(adapter.schedule.rank_at(helpers.independent_timestep(model, sigma)))
+    got = helpers.denoise_at(apply(helpers, model8, adapter), "sd15", sigma)
+    want = helpers.denoise_at(helpers.merged_model(twin, adapter, rank), "sd15", sigma)
+    torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+
+
+def test_lowvram_partial_loading_gives_the_full_load_output(tiny, helpers, monkeypatch):
+    import comfy.model_management as mm
+
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=8, min_rank=2)
+    full = tiny.sample(apply(helpers, model, adapter), "sd15", steps=3)
+    mm.unload_all_models()
+    # pretend the CPU is a device with no VRAM: ComfyUI then casts every weight per forward
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    patched = apply(helpers, model, adapter)
+    low = tiny.sample(patched, "sd15", steps=3)
+    assert model.model.model_lowvram
+    torch.testing.assert_close(low, full, rtol=1e-5, atol=1e-5 * full.abs().max().item())
+    mm.unload_all_models()
+
+
+def test_torch_compile_does_not_recompile_per_step(tiny, helpers):
+    import torch._dynamo
+
+    import comfy.sample
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=8, min_rank=2)
+    patched = apply(helpers, model, adapter)
+    set_torch_compile_wrapper(patched, backend="eager")
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    graphs_after_step = []
+    positive, negative = tiny.conditioning("sd15")
+    comfy.sample.sample(
+        patched, tiny.noise("sd15"), 6, 3.0, "euler", "normal", positive, negative, torch.zeros(1, 4, 8, 8),
+        disable_pbar=True, callback=lambda *args: graphs_after_step.append(counters["stats"]["unique_graphs"]),
+    )
+    log_ranks = {int(adapter.schedule.rank_at(t)) for t in (999, 500, 0)}
+    assert len(log_ranks) > 1
+    assert graphs_after_step[1] > 0
+    assert graphs_after_step[1:] == [graphs_after_step[1]] * 5  # steps 3-6 run at new ranks, compile nothing
+    torch._dynamo.reset()
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_tlora_for_another_family_names_both(tiny, helpers):
+    sdxl = tiny.build("sdxl")
+    adapter = helpers.make_adapter(sdxl)
+    with pytest.raises(ValueError, match="Timestep-Aware Apply: this T-LoRA was trained for SDXL, but the MODEL is SD1.5"):
+        apply(helpers, tiny.build("sd15"), adapter)
+
+
+def test_tlora_for_other_layer_shapes_is_refused(tiny, helpers):
+    sd15 = tiny.build("sd15")
+    adapter = helpers.make_adapter(tiny.build("sd2"), family="sd15")  # SD2 context width, labelled SD1.5
+    with pytest.raises(ValueError, match=r"made for other layer shapes.*T-LoRA 1024->320, model 768->320"):
+        apply(helpers, sd15, adapter)
+
+
+def test_unsupported_model_is_refused_with_the_list(tiny, helpers):
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model)
+    model.model.model_config = type("SD3", (), {"unet_config": {}})()
+    with pytest.raises(ValueError, match="T-LoRA can't adapt a SD3 model \\(supported: SD1.5"):
+        apply(helpers, model, adapter)
