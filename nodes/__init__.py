@@ -6,8 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply import TimestepAwareApply
 from .load import TLoRALoad
+from .train import TLoRATrain
 
-NODES: list[type[io.ComfyNode]] = [TLoRALoad, TimestepAwareApply]
+NODES: list[type[io.ComfyNode]] = [TLoRATrain, TLoRALoad, TimestepAwareApply]
 
 
 class TLoRAExtension(ComfyExtension):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.model_patcher
 import comfy.model_sampling
@@ -322,3 +323,109 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
 
 def modules_of(model: comfy.model_patcher.ModelPatcher, targets: Iterable[Target]) -> list[torch.nn.Module]:
     return [comfy.utils.get_attr(model.model, t.module) for t in targets]
+
+
+# -- training-only glue --------------------------------------------------------------------------
+def timestep_to_sigma(model_sampling: Any, timesteps: torch.Tensor) -> torch.Tensor:
+    """The sigma the trainer noises a sample to for its drawn timestep (SPEC §5): the model's own
+    discrete table for SD models, sigma = t / 1000 for flow models."""
+    if isinstance(model_sampling, (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)):
+        return timesteps.to(torch.float32) / 1000.0
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        return model_sampling.sigma(timesteps.to(torch.float32).to(model_sampling.sigmas.device))
+    raise ValueError(f"T-LoRA: can't train a model with {type(model_sampling).__name__} sampling.")
+
+
+class OutputCapture:
+    """Keeps the diffusion model's raw prediction (ε, v or velocity) of each call, which is what
+    the loss compares against; apply_model only returns the denoised latent."""
+
+    KEY = KEY + "_capture"
+
+    def __init__(self, model: comfy.model_patcher.ModelPatcher) -> None:
+        self.outputs: list[torch.Tensor] = []
+        model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY, self)
+
+    def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = executor(*args, **kwargs)
+        self.outputs.append(out)
+        return out
+
+    def take(self) -> torch.Tensor:
+        outputs, self.outputs = self.outputs, []
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+# Families whose blocks update their own inputs in place (Flux: ``txt += ...``, ``x += ...``),
+# which autograd refuses when those tensors were saved for backward.
+INPLACE_FAMILIES = {"flux"}
+
+
+def _own(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _copy_saved(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clone()
+
+
+def _as_saved(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class _TrainingForward:
+    """Object patch for one top-level block during training.
+
+    checkpoint: activation checkpointing (recomputed in backward). Tensor arguments are cloned
+    inside the checkpointed function so a block that updates its inputs in place can't corrupt
+    the saved inputs the recomputation starts from.
+    Without checkpointing, in-place blocks run with saved tensors copied, for the same reason."""
+
+    def __init__(self, module: torch.nn.Module, checkpoint: bool) -> None:
+        self.module = module
+        self.checkpoint = checkpoint
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self.module).forward(self.module, *map(_own, args), **{k: _own(v) for k, v in kwargs.items()})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.checkpoint:
+            return torch.utils.checkpoint.checkpoint(self._run, *args, use_reentrant=False, **kwargs)
+        with torch.autograd.graph.saved_tensors_hooks(_copy_saved, _as_saved):
+            return type(self.module).forward(self.module, *args, **kwargs)
+
+
+def add_training_patches(model: comfy.model_patcher.ModelPatcher, gradient_checkpointing: bool) -> int:
+    """Patch the diffusion model's top-level blocks (the ones ComfyUI's own trainer checkpoints)
+    on this training clone only, for checkpointing and/or in-place safety; ModelPatcher removes
+    the patches with the rest. Returns how many blocks were patched."""
+    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward
+
+    if not gradient_checkpointing and model_family(model, "T-LoRA Train") not in INPLACE_FAMILIES:
+        return 0
+    blocks = find_all_highest_child_module_with_forward(model.model.diffusion_model)
+    paths = {id(m): n for n, m in model.model.named_modules()}
+    for block in blocks:
+        model.add_object_patch(f"{paths[id(block)]}.forward", _TrainingForward(block, gradient_checkpointing))
+    return len(blocks)
+
+
+def make_weights_autograd_safe(model: comfy.model_patcher.ModelPatcher) -> int:
+    """Replace weights created under ``torch.inference_mode`` (as every loader node creates them)
+    by equal ordinary tensors: autograd can't save inference tensors for backward, and every layer
+    after the first adapted one needs its weight saved. Values are unchanged. Returns how many."""
+    replaced = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for module in model.model.diffusion_model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.is_inference():
+                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                    replaced += 1
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.is_inference():
+                    module._buffers[name] = buffer.clone()
+                    replaced += 1
+    if replaced:
+        log.info("T-LoRA: made %d inference-mode tensors usable for training (values unchanged).", replaced)
+    return replaced

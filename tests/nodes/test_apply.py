@@ -55,7 +55,7 @@ def assert_same_effect(got, want, plain, rel=1e-3):
 @pytest.mark.parametrize("kind", ["sd15", "sdxl", "flux"])
 def test_patched_output_equals_merged_delta_at_that_sigma(tiny, helpers, kind, variant):
     model = tiny.build(kind)
-    adapter = helpers.make_adapter(model, variant=variant, rank=12, min_rank=2, scale=0.5)
+    adapter = helpers.make_adapter(model, variant=variant, rank=12, min_rank=2)
     patched = apply(helpers, model, adapter, strength=0.8)
     sampling = model.model.model_sampling
     ranks = []

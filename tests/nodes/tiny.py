@@ -73,11 +73,18 @@ FLUX_CONFIG = dict(
 )
 
 
-def _fill(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+def _fill(model: torch.nn.Module, seed: int) -> None:
+    """Fan-in scaled random weights (a well-conditioned random network), unit norm scales, zero
+    biases: outputs of order one, and gradients that reach every layer."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            else:  # 1-D weights are norm scales
+                p.fill_(1.0)
 
 
 def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None) -> comfy.model_patcher.ModelPatcher:

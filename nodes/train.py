@@ -1,0 +1,431 @@
+"""T-LoRA Train: teach the MODEL a concept from one (or a few) images, inside the graph.
+
+Follows the reference recipe (SPEC §5), not ComfyUI's own LoRA trainer: AdamW, timesteps uniform
+in [0, 1000), the model's own target (ε, v or flow velocity), and the rank mask of every sample
+following its own timestep. The loop itself (optimizer, random draws, checkpoints, cancel) is
+tlora_core.trainer; this module connects it to ComfyUI: conditioning goes through ComfyUI's own
+sampling machinery (a Guider and a Sampler whose ``sample`` is the training loop), the adapter
+through the same glue as Timestep-Aware Apply (nodes/patching.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+from comfy_extras.nodes_custom_sampler import Guider_Basic
+
+from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, load_tlora, save_tlora
+from ..tlora_core.trainer import Batch, Trainer, TrainingDiverged, TrainSettings
+from . import patching
+from .load import tlora_files
+from .types import CATEGORY, TLora, node_message
+
+log = logging.getLogger(__name__)
+
+DISPLAY_NAME = "T-LoRA Train"
+VARIANTS = {label: key for key, label in VARIANT_LABELS.items()}  # "T-LoRA" -> "tlora"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+NO_RESUME = "none"
+PROGRESS_EVENT = "tlora.train.progress"
+
+
+# -- the maths that depends on the model's parameterisation --------------------------------------------
+def training_target(model_sampling, sigma: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """What the diffusion model should output for x_t = noise_scaling(sigma, noise, x0).
+
+    ε-prediction: the noise. v-prediction: (σd²·noise − σ·x0) / (σd·sqrt(σ² + σd²)), diffusers'
+    velocity in ComfyUI's sigma parameterisation. Flow (CONST): the velocity noise − x0.
+    """
+    s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return noise - x0
+    if isinstance(model_sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)):
+        raise ValueError(
+            f"{DISPLAY_NAME}: {type(model_sampling).__name__.replace('ModelSampling', '')} models (EDM / x0 "
+            f"prediction) are not supported; train on an ε-, v- or flow-prediction checkpoint."
+        )
+    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+        sd = float(model_sampling.sigma_data)
+        return (sd**2 * noise - s * x0) / (sd * torch.sqrt(s**2 + sd**2))
+    if isinstance(model_sampling, comfy.model_sampling.EPS):
+        return noise
+    raise ValueError(f"{DISPLAY_NAME}: can't train a model with {type(model_sampling).__name__} prediction.")
+
+
+def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
+    """A MASK (image or latent resolution, one or one per image) as 0/1 weights (M, 1, h, w)."""
+    if mask is None:
+        return None
+    n, _, h, w = latents.shape
+    mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
+    if mask.shape[0] not in (1, n):
+        raise ValueError(
+            f"{DISPLAY_NAME}: got {mask.shape[0]} masks for {n} latents. Give one mask for all images or one per image."
+        )
+    size = tuple(mask.shape[-2:])
+    if size not in ((h, w), (8 * h, 8 * w)):
+        raise ValueError(
+            f"{DISPLAY_NAME}: the mask is {size[1]}x{size[0]} but the latents need {8 * w}x{8 * h} (image size) or "
+            f"{w}x{h} (latent size). Make the mask from the same image you encoded."
+        )
+    weights = (comfy.utils.reshape_mask(mask, (mask.shape[0], 1, h, w)) > 0.5).float()
+    if bool((weights.flatten(1).sum(1) == 0).any()):
+        raise ValueError(f"{DISPLAY_NAME}: a mask covers no pixel of its image; paint the subject white.")
+    return weights
+
+
+# -- files ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one training run writes: every file inside the first loras folder."""
+
+    folder: str
+    stem: str  # e.g. "concept_00003"
+    root: str
+
+    @classmethod
+    def new(cls, filename_prefix: str) -> "RunFiles":
+        root = os.path.abspath(folder_paths.get_folder_paths("loras")[0])
+        os.makedirs(root, exist_ok=True)
+        try:
+            folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        except Exception as err:  # ComfyUI raises a bare Exception for paths outside the folder
+            raise ValueError(
+                f"{DISPLAY_NAME}: filename_prefix '{filename_prefix}' points outside the loras folder ({root}). "
+                f"Use a relative name like 'tlora/my_cat'."
+            ) from err
+        os.makedirs(folder, exist_ok=True)
+        return cls(folder, f"{filename}_{counter:05}", root)
+
+    def final(self) -> str:
+        return os.path.join(self.folder, f"{self.stem}_.safetensors")
+
+    def checkpoint(self, step: int, reason: str) -> str:
+        suffix = "" if reason == "checkpoint" else f"_{reason}"
+        return os.path.join(self.folder, f"{self.stem}_step{step:05}{suffix}.safetensors")
+
+    def relative(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+
+# -- progress, cancel, checkpoints ---------------------------------------------------------------------
+class _NodeCallbacks:
+    def __init__(self, trainer_ref: "list[Trainer]", files: RunFiles, node_id: str | None, metadata: dict[str, str]):
+        self.trainer_ref = trainer_ref
+        self.files = files
+        self.node_id = node_id
+        self.metadata = metadata
+        self.interrupted = False
+        self.saved: list[str] = []
+        self.pbar = None
+
+    def on_step(self, step: int, total: int, loss: float) -> None:
+        if self.pbar is None:
+            self.pbar = comfy.utils.ProgressBar(total, node_id=self.node_id)
+        try:
+            self.pbar.update_absolute(step, total)
+        except comfy.model_management.InterruptProcessingException:
+            self.interrupted = True  # ComfyUI's progress hook reports Cancel by raising; stop at the next step
+        server = _prompt_server()
+        if server is not None and self.node_id is not None:
+            server.send_progress_text(f"step {step}/{total} · loss {loss:.4f}", self.node_id)
+            server.send_sync(PROGRESS_EVENT, {"node": self.node_id, "step": step, "steps": total, "loss": loss})
+
+    def should_stop(self) -> bool:
+        return self.interrupted or comfy.model_management.processing_interrupted()
+
+    def save(self, step: int, reason: str) -> None:
+        trainer = self.trainer_ref[0]
+        path = self.files.checkpoint(step, reason)
+        try:
+            save_tlora(path, trainer.adapter, "fp32", training_state=trainer.state_dict(), extra_metadata=self.metadata)
+        except OSError as err:
+            previous = self.saved[-1] if self.saved else "none written yet"
+            raise OSError(
+                f"{DISPLAY_NAME}: could not write {path} ({err}). Free disk space and resume from the previous "
+                f"checkpoint ({previous}), which is intact."
+            ) from err
+        self.saved.append(self.files.relative(path))
+        log.info("T-LoRA: saved %s (step %d, %s)", path, step, reason)
+
+
+def _prompt_server():
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+# -- the loop inside ComfyUI's sampling machinery -----------------------------------------------------
+class _TrainSampler(comfy.samplers.Sampler):
+    """A Sampler whose ``sample`` is the training loop: ComfyUI has loaded the model, processed
+    the conditioning and merged our wrappers by the time it is called."""
+
+    def __init__(self, trainer: Trainer, capture: patching.OutputCapture, weights: torch.Tensor | None):
+        self.trainer = trainer
+        self.capture = capture
+        self.weights = weights
+        self.result = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
+        base = model_wrap.inner_model
+        sampling = base.model_sampling
+        conds = model_wrap.conds["positive"]
+        model_options = extra_args["model_options"]
+        device = latent_image.device
+        weights = None if self.weights is None else self.weights.to(device)
+
+        def compute_gradients(batch: Batch) -> float:
+            idx = batch.indices.to(device)
+            x0 = latent_image[idx]
+            noise_b = batch.noise.to(device, x0.dtype)
+            sigma = patching.timestep_to_sigma(sampling, batch.timesteps).to(device, x0.dtype)
+            x_t = sampling.noise_scaling(sigma, noise_b, x0)
+            target = training_target(sampling, sigma, noise_b, x0)
+            groups = idx if len(conds) > 1 else torch.zeros_like(idx)
+            total = 0.0
+            for group in torch.unique(groups).tolist():
+                rows = (groups == group).nonzero().flatten()
+                comfy.samplers.calc_cond_batch(base, [[conds[group]]], x_t[rows], sigma[rows], model_options)
+                error = (self.capture.take().float() - target[rows]) ** 2
+                if weights is None:
+                    loss = error.mean()
+                else:
+                    w = weights[idx[rows]] if weights.shape[0] > 1 else weights.expand(len(rows), -1, -1, -1)
+                    loss = (error * w).sum() / (w.sum() * error.shape[1])
+                share = len(rows) / len(idx)
+                # backward per group: checkpointed blocks recompute with this group's masks
+                (loss * share).backward()
+                total += loss.item() * share
+            return total
+
+        self.trainer.compute_gradients = compute_gradients
+        self.result = self.trainer.run()
+        return latent_image
+
+
+# -- the node -------------------------------------------------------------------------------------------
+class TLoRATrain(io.ComfyNode):
+    """Train a T-LoRA on one (or a few) VAE-encoded images."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TLoRA_Train",
+            display_name=DISPLAY_NAME,
+            category=CATEGORY,
+            description=(
+                "Trains a timestep-dependent LoRA on the images: fewer rank components at high noise, so the "
+                "concept is learned without memorising the picture's pose, background and layout. Saves the "
+                "adapter into models/loras and outputs the model with it applied."
+            ),
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The model to teach (SD1.5, SD2, SDXL or FLUX.1). It is not changed."),
+                io.Latent.Input("latents", tooltip="The training image(s), VAE-encoded (VAE Encode). One is enough."),
+                io.Conditioning.Input(
+                    "positive",
+                    tooltip="The prompt, e.g. 'a photo of sks cat': one for all images, or one per image.",
+                ),
+                io.Int.Input("steps", default=800, min=1, max=100000, tooltip="Optimizer steps. The paper: 800 (Vanilla 500)."),
+                io.Float.Input(
+                    "learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False,
+                    tooltip="AdamW learning rate. The paper: 1e-4.",
+                ),
+                io.Int.Input("rank", default=64, min=1, max=1024, tooltip="Adapter rank R, reached at low noise. The paper: 64."),
+                io.Int.Input(
+                    "min_rank", default=32, min=1, max=1024,
+                    tooltip="Rank kept at the highest noise; must be <= rank. The paper: half the rank.",
+                ),
+                io.Float.Input(
+                    "schedule_power", default=1.0, min=0.05, max=10.0, step=0.05,
+                    tooltip="Exponent p of r(t) = ((T-t)/T)^p (R - r_min) + r_min. 1.0 is the paper's linear schedule.",
+                ),
+                io.Combo.Input(
+                    "variant", options=list(VARIANTS), default="T-LoRA",
+                    tooltip="T-LoRA: orthogonal (Ortho-LoRA) components, the paper's best. Vanilla: plain LoRA factors, masked.",
+                ),
+                io.Combo.Input(
+                    "init", options=["last", "principal", "middle"], default="last",
+                    tooltip="Which singular vectors of a random matrix seed the orthogonal factors. 'last' works best.",
+                ),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per step, each at its own timestep and rank."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seeds the initial adapter, timesteps and noise."),
+                io.Int.Input(
+                    "save_every", default=200, min=0, max=100000,
+                    tooltip="Write a resumable checkpoint every N steps (0 = only at the end and on Cancel).",
+                ),
+                io.String.Input(
+                    "filename_prefix", default="tlora/concept",
+                    tooltip="File name inside models/loras; a counter is added so nothing is overwritten.",
+                ),
+                io.Combo.Input(
+                    "resume_from", options=[NO_RESUME] + tlora_files(), default=NO_RESUME,
+                    tooltip="Continue from a checkpoint of an earlier run with the same settings, up to 'steps'.",
+                ),
+                io.Combo.Input(
+                    "training_dtype", options=list(DTYPES), default="fp32",
+                    tooltip="Precision of the model during training. fp32 is the reference's; bf16 is faster on GPUs.",
+                ),
+                io.Boolean.Input(
+                    "gradient_checkpointing", default=True,
+                    tooltip="Recompute activations in the backward pass: much less memory, about a third slower.",
+                ),
+                io.Mask.Input(
+                    "mask", optional=True,
+                    tooltip="Optional subject mask: the loss only looks at the white part (recommended for people).",
+                ),
+            ],
+            outputs=[
+                io.Model.Output("model", tooltip="The model with the trained T-LoRA applied timestep-aware."),
+                TLora.Output("tlora", tooltip="The trained adapter, for Timestep-Aware Apply on other models of the same kind."),
+                io.LossMap.Output("loss", tooltip="Loss per step, for the core 'Plot Loss Graph' node."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, latents, positive, steps, learning_rate, rank, min_rank, schedule_power, variant, init,
+        batch_size, seed, save_every, filename_prefix, resume_from, training_dtype, gradient_checkpointing, mask=None,
+    ) -> io.NodeOutput:
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        try:
+            settings = TrainSettings(
+                steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed, save_every=save_every
+            )
+            family = patching.model_family(model, DISPLAY_NAME)
+            config = TLoRAConfig(
+                variant=VARIANTS.get(variant, variant), rank=rank, min_rank=min_rank,
+                schedule_power=schedule_power, init=init, model_family=family,
+            )
+        except ValueError as err:
+            raise ValueError(node_message(DISPLAY_NAME, err)) from err
+        if training_dtype not in DTYPES:
+            raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
+        samples = latents["samples"]
+        if len(positive) not in (1, samples.shape[0]):
+            raise ValueError(
+                f"{DISPLAY_NAME}: got {samples.shape[0]} latents but {len(positive)} conditionings. Connect one "
+                f"conditioning for all images, or exactly one per image (in the same order)."
+            )
+        result = train(
+            model, samples, positive, settings, config, DTYPES[training_dtype], gradient_checkpointing,
+            subject_weights(mask, samples), filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
+        )
+        return io.NodeOutput(
+            result.model, result.adapter, {"loss": result.losses}, ui={"tlora_saved": [result.saved]}
+        )
+
+
+@dataclass
+class TrainOutput:
+    model: object
+    adapter: TLoRA
+    losses: list[float]
+    saved: str  # the final file, relative to the loras folder
+
+
+def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, patching.Target]):
+    path = folder_paths.get_full_path("loras", path_name)
+    if path is None:
+        raise FileNotFoundError(f"{DISPLAY_NAME}: resume_from '{path_name}' is not in the loras folder any more.")
+    try:
+        loaded = load_tlora(path)
+    except ValueError as err:
+        raise ValueError(node_message(DISPLAY_NAME, err)) from err
+    got = loaded.adapter.config
+    differences = [
+        f"{field} {getattr(got, field)!r} (this node: {getattr(config, field)!r})"
+        for field in ("model_family", "variant", "rank", "min_rank", "schedule_power", "init")
+        if getattr(got, field) != getattr(config, field)
+    ]
+    if not differences and loaded.adapter.shapes() != patching.layer_shapes(targets):
+        differences.append("its layers (another architecture)")
+    if differences:
+        raise ValueError(
+            f"{DISPLAY_NAME}: resume_from '{path_name}' was trained with other settings: {', '.join(differences)}. "
+            f"Set the same values here, or start a new run (resume_from = none)."
+        )
+    if not loaded.training_state:
+        raise ValueError(
+            f"{DISPLAY_NAME}: '{path_name}' has no optimizer/RNG state, so it can't be resumed exactly. Pick one of its "
+            f"run's step checkpoints (..._stepNNNNN.safetensors)."
+        )
+    return loaded
+
+
+def train(
+    model, samples: torch.Tensor, positive, settings: TrainSettings, config: TLoRAConfig, dtype: torch.dtype,
+    gradient_checkpointing: bool, weights: torch.Tensor | None, filename_prefix: str, resume_from: str | None,
+    node_id: str | None = None,
+) -> TrainOutput:
+    targets = patching.find_targets(model, DISPLAY_NAME)
+    files = RunFiles.new(filename_prefix)
+    device = model.load_device
+    if config.model_family == "flux" and config.variant == "tlora":
+        log.info("T-LoRA: the paper trains FLUX with Vanilla T-LoRA; training the orthogonal variant as asked.")
+    metadata = {
+        "learning_rate": repr(settings.learning_rate), "seed": str(settings.seed), "batch_size": str(settings.batch_size),
+        "steps_planned": str(settings.steps), "training_dtype": str(dtype).removeprefix("torch."),
+        "images": str(samples.shape[0]), "base_model": type(model.model.model_config).__name__,
+    }
+    with torch.inference_mode(False):
+        if resume_from is not None:
+            loaded = _resume(resume_from, config, targets)
+            adapter, state = loaded.adapter, loaded.training_state
+        else:
+            adapter, state = TLoRA.create(config, patching.layer_shapes(targets), settings.seed, svd_device=device), None
+        adapter.to(device).requires_grad_(True)
+        trainer_ref: list[Trainer] = []
+        callbacks = _NodeCallbacks(trainer_ref, files, node_id, metadata)
+        trainer = Trainer(adapter, settings, samples.shape[0], tuple(samples.shape[1:]), callbacks=callbacks)
+        trainer_ref.append(trainer)
+        if state is not None:
+            trainer.load_state_dict(state)
+
+        train_model = model.clone()
+        train_model.set_model_compute_dtype(dtype)
+        patching.attach(train_model, adapter, 1.0, DISPLAY_NAME)
+        capture = patching.OutputCapture(train_model)
+        patching.add_training_patches(train_model, gradient_checkpointing)
+        train_model.model.requires_grad_(False)
+        comfy.model_management.load_models_gpu([train_model], memory_required=1e20, force_full_load=True)
+        patching.make_weights_autograd_safe(train_model)
+
+        guider = Guider_Basic(train_model)
+        guider.set_conds(positive)
+        sampler = _TrainSampler(trainer, capture, weights)
+        try:
+            guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)
+        except TrainingDiverged as err:
+            kept = f" ({callbacks.saved[-1]})" if callbacks.saved else ""
+            raise RuntimeError(node_message(DISPLAY_NAME, err) + kept) from err
+        finally:
+            adapter.requires_grad_(False)
+        result = sampler.result
+        if result.cancelled:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise comfy.model_management.InterruptProcessingException()
+
+        adapter.to(model.offload_device)
+        final = files.final()
+        save_tlora(final, adapter, "fp32", extra_metadata=metadata)
+        log.info("T-LoRA: trained %d steps, saved %s", result.steps_done, final)
+
+    out_model = model.clone()
+    patching.attach(out_model, adapter, 1.0, DISPLAY_NAME)
+    losses = [trainer.losses[s] for s in sorted(trainer.losses)]
+    return TrainOutput(out_model, adapter, losses, files.relative(final))
+
