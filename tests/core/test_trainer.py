@@ -1,0 +1,201 @@
+"""The training loop on a toy problem: learning, determinism, exact resume, cancel, divergence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tlora_nodes.tlora_core import TLoRA, TLoRAConfig, load_tlora, save_tlora
+from tlora_nodes.tlora_core.trainer import Trainer, TrainingDiverged, TrainSettings
+
+
+def toy(variant="vanilla", seed=0):
+    """One 16->12 layer that must learn a fixed linear map, with the rank of each sample
+    following its timestep (the T-LoRA schedule)."""
+    config = TLoRAConfig(variant=variant, rank=8, min_rank=2, init="principal")
+    adapter = TLoRA.create(config, {"layer": (16, 12)}, seed=seed)
+    g = torch.Generator().manual_seed(99)
+    inputs = torch.randn(3, 16, generator=g)  # three "training images"
+    target_map = torch.randn(12, 16, generator=g) * 0.1
+
+    def compute_gradients(batch):
+        x = inputs[batch.indices] + 0.01 * batch.noise
+        masks = adapter.schedule.mask_at(batch.timesteps)  # one mask per row
+        loss = ((adapter.layer("layer").delta(x, masks) - x @ target_map.T) ** 2).mean()
+        loss.backward()
+        return loss.item()
+
+    return adapter, compute_gradients
+
+
+class Recorder:
+    def __init__(self, stop_after=None):
+        self.steps, self.saves, self.stop_after = [], [], stop_after
+
+    def on_step(self, step, total, loss):
+        self.steps.append((step, total, loss))
+
+    def should_stop(self):
+        return self.stop_after is not None and len(self.steps) >= self.stop_after
+
+    def save(self, step, reason):
+        self.saves.append((step, reason))
+
+
+def params(adapter):
+    return {k: v.clone() for k, v in adapter.state_dict().items()}
+
+
+def train(steps, seed=0, variant="vanilla", callbacks=None, **kw):
+    adapter, compute = toy(variant)
+    trainer = Trainer(adapter, TrainSettings(steps=steps, learning_rate=0.05, batch_size=2, seed=seed, **kw), 3, (16,), compute, callbacks)
+    result = trainer.run()
+    return adapter, trainer, result
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "tlora"])
+def test_loss_falls_on_a_toy_problem(variant):
+    _, _, result = train(60, variant=variant)
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+
+
+def test_same_seed_same_result_and_another_seed_differs():
+    a, _, ra = train(15, seed=3)
+    b, _, rb = train(15, seed=3)
+    c, _, _ = train(15, seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(params(a).values(), params(b).values()))
+    assert ra.losses == rb.losses
+    assert not all(torch.equal(x, y) for x, y in zip(params(a).values(), params(c).values()))
+
+
+def test_draws_cover_the_timestep_range():
+    adapter, compute = toy()
+    trainer = Trainer(adapter, TrainSettings(steps=1, batch_size=500), 3, (16,), compute)
+    batch = trainer.draw()
+    assert batch.timesteps.min() >= 0 and batch.timesteps.max() <= 999
+    assert batch.timesteps.min() < 50 and batch.timesteps.max() > 950  # uniform over [0, 1000)
+    assert set(batch.indices.tolist()) == {0, 1, 2}
+    assert batch.noise.shape == (500, 16)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "tlora"])
+def test_resume_from_a_checkpoint_file_reproduces_the_uninterrupted_run(tmp_path, variant):
+    full, full_trainer, _ = train(12, variant=variant)
+    # first run: cancelled after 5 steps, which writes a checkpoint with the training state
+    adapter, compute = toy(variant)
+    rec = Recorder(stop_after=5)
+    trainer = Trainer(adapter, TrainSettings(steps=12, learning_rate=0.05, batch_size=2), 3, (16,), compute, rec)
+    path = str(tmp_path / "ckpt.safetensors")
+    rec.save = lambda step, reason: save_tlora(path, adapter, training_state=trainer.state_dict())
+    result = trainer.run()
+    assert result.cancelled and result.steps_done == 5
+    # second run: a fresh process would rebuild everything from the file
+    loaded = load_tlora(path)
+    resumed_adapter = loaded.adapter
+    # the toy's loss closure binds its own adapter: give that adapter the loaded values
+    resumed_adapter2, compute3 = toy(variant)
+    resumed_adapter2.load_state_dict(resumed_adapter.state_dict())
+    resumed_adapter2.training_steps = resumed_adapter.training_steps
+    trainer2 = Trainer(resumed_adapter2, TrainSettings(steps=12, learning_rate=0.05, batch_size=2), 3, (16,), compute3)
+    trainer2.load_state_dict(loaded.training_state)
+    result2 = trainer2.run()
+    assert result2.steps_done == 12 and resumed_adapter2.training_steps == 12
+    assert all(torch.equal(x, y) for x, y in zip(params(full).values(), params(resumed_adapter2).values()))
+    assert result2.losses == full_trainer.losses
+
+
+def test_checkpoints_every_n_steps_and_not_at_the_end():
+    rec = Recorder()
+    train(10, callbacks=rec, save_every=4)
+    assert rec.saves == [(4, "checkpoint"), (8, "checkpoint")]
+    assert [s[0] for s in rec.steps] == list(range(1, 11))
+
+
+def test_cancel_stops_within_one_step_and_saves_what_was_learned():
+    rec = Recorder(stop_after=3)
+    adapter, trainer, result = train(10, callbacks=rec)
+    assert result.cancelled and result.steps_done == 3
+    assert rec.saves == [(3, "cancelled")]
+    assert adapter.training_steps == 3
+
+
+def test_divergence_names_the_step_and_keeps_the_last_good_values():
+    adapter, compute = toy()
+    calls = []
+
+    def sometimes_nan(batch):
+        calls.append(batch.step)
+        loss = compute(batch)
+        return float("nan") if batch.step == 4 else loss
+
+    rec = Recorder()
+    trainer = Trainer(adapter, TrainSettings(steps=10, learning_rate=0.05, batch_size=2, save_every=2), 3, (16,), sometimes_nan, rec)
+    snapshots = {}
+    original_save = rec.save
+    rec.save = lambda step, reason: (original_save(step, reason), snapshots.__setitem__(step, params(adapter)))
+    with pytest.raises(TrainingDiverged, match="diverged at step 4.*checkpoint of step 2 is kept.*Lower 'learning_rate'") as err:
+        trainer.run()
+    assert err.value.step == 4 and err.value.last_checkpoint_step == 2
+    assert trainer.step == 3  # step 4 was not applied
+    assert all(torch.isfinite(v).all() for v in params(adapter).values())
+
+
+def test_nan_gradient_is_divergence_too():
+    adapter, compute = toy()
+
+    def nan_grad(batch):
+        loss = compute(batch)
+        next(adapter.trainable_parameters()).grad[0, 0] = float("inf")
+        return loss
+
+    trainer = Trainer(adapter, TrainSettings(steps=3), 3, (16,), nan_grad)
+    before = params(adapter)
+    with pytest.raises(TrainingDiverged, match="step 1"):
+        trainer.run()
+    assert all(torch.equal(before[k], v) for k, v in params(adapter).items())
+
+
+def test_a_failing_step_saves_progress_then_reraises():
+    adapter, compute = toy()
+
+    def oom_at_5(batch):
+        if batch.step == 5:
+            raise MemoryError("out of memory")
+        return compute(batch)
+
+    rec = Recorder()
+    trainer = Trainer(adapter, TrainSettings(steps=10), 3, (16,), oom_at_5, rec)
+    with pytest.raises(MemoryError):
+        trainer.run()
+    assert rec.saves == [(4, "error")]
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(steps=0), "steps (0) must be >= 1"),
+        (dict(learning_rate=0.0), "learning_rate (0.0) must be > 0"),
+        (dict(batch_size=0), "batch_size (0) must be >= 1"),
+        (dict(save_every=-1), "save_every (-1) must be >= 0"),
+    ],
+)
+def test_settings_reject_bad_values(kwargs, fragment):
+    with pytest.raises(ValueError) as err:
+        TrainSettings(**kwargs)
+    assert fragment in str(err.value)
+
+
+def test_resume_state_for_another_adapter_is_refused():
+    _, trainer, _ = train(3)
+    state = trainer.state_dict()
+    other = TLoRA.create(TLoRAConfig(variant="tlora", rank=8, min_rank=2), {"a": (16, 12), "b": (16, 12)})
+    t2 = Trainer(other, TrainSettings(steps=5), 3, (16,), lambda b: 0.0)
+    # Vanilla has 2 trainable tensors, this Ortho adapter 6: the state fits only by accident
+    state = {k: v for k, v in state.items()}
+    state["optimizer.9.exp_avg"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="optimizer state is for 10 parameters, this adapter has 6"):
+        t2.load_state_dict(copy.copy(state))

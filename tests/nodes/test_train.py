@@ -1,0 +1,319 @@
+"""T-LoRA Train in the real ComfyUI with tiny models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.comfyui
+
+
+def train(helpers, tiny, model, kind, positive=None, latents=None, mask=None, **overrides):
+    from tlora_nodes.nodes.train import TLoRATrain
+
+    inputs = dict(
+        model=model,
+        latents={"samples": latents if latents is not None else torch.randn(1, *tiny.LATENT[kind], generator=torch.Generator().manual_seed(5))},
+        positive=positive if positive is not None else tiny.conditioning(kind)[0],
+        steps=6, learning_rate=0.02, rank=8, min_rank=4, schedule_power=1.0, variant="Vanilla T-LoRA",
+        init="last", batch_size=1, seed=0, save_every=0, filename_prefix="tlora/test", resume_from="none",
+        training_dtype="fp32", gradient_checkpointing=False,
+    )
+    inputs.update(overrides)
+    if mask is not None:
+        inputs["mask"] = mask
+    out = helpers.run_node(TLoRATrain, hidden={}, **inputs)
+    return out
+
+
+def saved_files(loras_dir):
+    return sorted(str(p.relative_to(loras_dir)) for p in loras_dir.rglob("*.safetensors"))
+
+
+def test_loss_falls_over_a_few_dozen_steps_on_one_latent(tiny, helpers, loras_dir):
+    model = tiny.build("sd15")
+    out = train(helpers, tiny, model, "sd15", steps=40, learning_rate=0.05, batch_size=4, rank=16, min_rank=8)
+    losses = out[2]["loss"]
+    assert len(losses) == 40 and all(isinstance(v, float) for v in losses)
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+    assert saved_files(loras_dir) == ["tlora/test_00001_.safetensors"]
+
+
+@pytest.mark.parametrize("variant", ["T-LoRA", "Vanilla T-LoRA"])
+def test_trained_model_equals_load_then_apply_of_the_saved_file(tiny, helpers, loras_dir, variant):
+    from tlora_nodes.nodes.apply import TimestepAwareApply
+    from tlora_nodes.nodes.load import TLoRALoad
+
+    model = tiny.build("sd15")
+    trained_model, adapter, _ = train(helpers, tiny, model, "sd15", variant=variant, init="principal")
+    assert adapter.training_steps == 6 and not any(p.requires_grad for p in adapter.parameters())
+    loaded = helpers.run_node(TLoRALoad, lora_name="tlora/test_00001_.safetensors", min_rank=0, schedule_power=0.0)[0]
+    assert loaded.config == adapter.config and loaded.training_steps == 6
+    applied = helpers.run_node(TimestepAwareApply, model=model, tlora=loaded, strength_model=1.0)[0]
+    got = tiny.sample(trained_model, "sd15", steps=4)
+    want = tiny.sample(applied, "sd15", steps=4)
+    assert torch.equal(got, want)
+    assert not torch.allclose(got, tiny.sample(model, "sd15", steps=4))  # it learned something
+
+
+def interrupt_at(monkeypatch, step):
+    import comfy.model_management
+
+    from tlora_nodes.nodes import train as train_module
+
+    original = train_module._NodeCallbacks.on_step
+
+    def on_step(self, current, total, loss):
+        original(self, current, total, loss)
+        if current == step:
+            comfy.model_management.interrupt_current_processing()  # what POST /interrupt does
+
+    monkeypatch.setattr(train_module._NodeCallbacks, "on_step", on_step)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_cancel_keeps_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(tiny, helpers, loras_dir, monkeypatch, checkpointing):
+    import comfy.model_management
+
+    from tlora_nodes.tlora_core import load_tlora
+
+    model = tiny.build("sd15")
+    settings = dict(steps=9, variant="T-LoRA", init="principal", batch_size=2, gradient_checkpointing=checkpointing)
+    _, uninterrupted, full_loss = train(helpers, tiny, model, "sd15", **settings)
+
+    with monkeypatch.context() as m:
+        interrupt_at(m, 4)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(helpers, tiny, model, "sd15", **settings)
+    assert not comfy.model_management.processing_interrupted()
+    cancelled = "tlora/test_00002_step00004_cancelled.safetensors"
+    assert cancelled in saved_files(loras_dir)
+    assert load_tlora(str(loras_dir / cancelled)).adapter.training_steps == 4
+
+    _, resumed, resumed_loss = train(helpers, tiny, model, "sd15", resume_from=cancelled, **settings)
+    assert resumed.training_steps == 9
+    for a, b in zip(uninterrupted.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed_loss["loss"] == full_loss["loss"]
+
+
+def test_checkpoints_every_n_steps_are_resumable_files(tiny, helpers, loras_dir):
+    from tlora_nodes.tlora_core import load_tlora
+
+    train(helpers, tiny, tiny.build("sd15"), "sd15", steps=5, save_every=2)
+    assert saved_files(loras_dir) == [
+        "tlora/test_00001_.safetensors",
+        "tlora/test_00001_step00002.safetensors",
+        "tlora/test_00001_step00004.safetensors",
+    ]
+    checkpoint = load_tlora(str(loras_dir / "tlora/test_00001_step00004.safetensors"))
+    assert checkpoint.training_state["step"].item() == 4 and "rng" in checkpoint.training_state
+    assert any(k.startswith("optimizer.") for k in checkpoint.training_state)
+    final = load_tlora(str(loras_dir / "tlora/test_00001_.safetensors"))
+    assert final.training_state == {}  # the final adapter carries no optimizer state
+    assert final.metadata["learning_rate"] == "0.02" and final.metadata["base_model"] == "SD15"
+
+
+def test_per_row_masks_follow_each_samples_timestep(tiny, helpers, loras_dir, monkeypatch):
+    from tlora_nodes.nodes import patching
+    from tlora_nodes.tlora_core.trainer import Trainer
+
+    draws, calls = [], []
+    original_draw, original_set = Trainer.draw, patching.TLoRAStack.set_timesteps
+
+    def draw(self):
+        batch = original_draw(self)
+        draws.append(batch.timesteps.clone())
+        return batch
+
+    def set_timesteps(self, timesteps):
+        original_set(self, timesteps)
+        calls.append((timesteps.clone(), self.masks[0].clone()))
+
+    monkeypatch.setattr(Trainer, "draw", draw)
+    monkeypatch.setattr(patching.TLoRAStack, "set_timesteps", set_timesteps)
+    model = tiny.build("sd15")
+    _, adapter, _ = train(helpers, tiny, model, "sd15", steps=4, batch_size=2, rank=16, min_rank=2)
+    assert len(calls) == len(draws) == 4
+    distinct = 0
+    for drawn, (seen, masks) in zip(draws, calls):
+        assert seen.tolist() == drawn.double().tolist()  # sigma -> timestep gives back the drawn t
+        expected = adapter.schedule.mask_at(drawn)
+        if masks.dim() == 1:
+            assert bool((expected == masks).all())
+        else:
+            distinct += 1
+            assert torch.equal(masks, expected)  # row i carries the mask of its own timestep
+    assert distinct > 0
+
+
+def test_flux_flow_timesteps_round_trip_exactly(tiny, helpers, loras_dir, monkeypatch):
+    from tlora_nodes.nodes import patching
+    from tlora_nodes.tlora_core.trainer import Trainer
+
+    draws, seen = [], []
+    original_draw, original_set = Trainer.draw, patching.TLoRAStack.set_timesteps
+    monkeypatch.setattr(Trainer, "draw", lambda self: draws.append(original_draw(self)) or draws[-1])
+    monkeypatch.setattr(patching.TLoRAStack, "set_timesteps", lambda self, t: (seen.append(t.clone()), original_set(self, t)))
+    train(helpers, tiny, tiny.build("flux"), "flux", steps=6, batch_size=3)
+    assert [t.tolist() for t in seen] == [b.timesteps.double().tolist() for b in draws]
+
+
+def test_masked_loss_ignores_pixels_outside_the_mask(tiny, helpers, loras_dir, monkeypatch):
+    from tlora_nodes.nodes import patching
+
+    model = tiny.build("sd15")
+    mask = torch.zeros(1, 64, 64)
+    mask[..., :, :40] = 1.0  # image resolution: latent columns 0-4 are in, 5-7 out
+    outside = torch.zeros(1, 1, 8, 8)
+    outside[..., 5:] = 1.0
+    _, clean, clean_loss = train(helpers, tiny, model, "sd15", mask=mask, init="principal")
+
+    take = patching.OutputCapture.take
+    # wreck the prediction outside the mask: a masked loss must not notice
+    monkeypatch.setattr(patching.OutputCapture, "take", lambda self: take(self) + 1000.0 * outside)
+    _, wrecked, wrecked_loss = train(helpers, tiny, model, "sd15", mask=mask, init="principal")
+    assert wrecked_loss == clean_loss
+    assert all(torch.equal(x, y) for x, y in zip(clean.state_dict().values(), wrecked.state_dict().values()))
+    _, _, unmasked_loss = train(helpers, tiny, model, "sd15", init="principal")
+    assert min(unmasked_loss["loss"]) > 1000.0  # without the mask the same wreck dominates the loss
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd2", "sdxl", "flux"])
+def test_each_family_trains_a_few_steps(tiny, helpers, loras_dir, kind):
+    from tlora_nodes.tlora_core import load_tlora
+
+    model = tiny.build(kind)
+    trained, adapter, loss = train(helpers, tiny, model, kind, steps=3, gradient_checkpointing=True)
+    assert len(loss["loss"]) == 3 and all(torch.isfinite(torch.tensor(loss["loss"])))
+    saved = load_tlora(str(loras_dir / "tlora/test_00001_.safetensors")).adapter
+    assert saved.config.model_family == kind
+    assert not torch.equal(tiny.sample(trained, kind, steps=2), tiny.sample(model, kind, steps=2))
+
+
+def test_bf16_training_runs(tiny, helpers, loras_dir):
+    _, adapter, loss = train(helpers, tiny, tiny.build("sd15"), "sd15", steps=3, training_dtype="bf16")
+    assert all(torch.isfinite(torch.tensor(loss["loss"])))
+    assert next(adapter.parameters()).dtype == torch.float32  # the adapter's maths stay fp32
+
+
+def test_training_targets_are_what_the_model_should_predict(tiny):
+    import comfy.model_base
+
+    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes.train import training_target
+
+    for kind, model_type in (("sd15", None), ("sd2", comfy.model_base.ModelType.V_PREDICTION), ("flux", None)):
+        sampling = tiny.build(kind, model_type=model_type).model.model_sampling
+        x0 = torch.randn(3, *tiny.LATENT[kind])
+        noise = torch.randn_like(x0)
+        sigma = patching.timestep_to_sigma(sampling, torch.tensor([10, 500, 990]))
+        x_t = sampling.noise_scaling(sigma, noise, x0)
+        target = training_target(sampling, sigma, noise, x0)
+        # a model that outputs exactly the target denoises x_t back to x0
+        torch.testing.assert_close(sampling.calculate_denoised(sigma, target, x_t), x0, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_created_in_inference_mode_can_be_trained(tiny, helpers, loras_dir):
+    with torch.inference_mode():  # how every loader node creates weights
+        model = tiny.build("sd15")
+    assert next(model.model.parameters()).is_inference()
+    _, _, loss = train(helpers, tiny, model, "sd15", steps=2)
+    assert len(loss["loss"]) == 2
+
+
+def test_same_seed_gives_the_same_adapter(tiny, helpers, loras_dir):
+    model = tiny.build("sdxl")
+    _, a, _ = train(helpers, tiny, model, "sdxl", seed=7, variant="T-LoRA")
+    _, b, _ = train(helpers, tiny, model, "sdxl", seed=7, variant="T-LoRA")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+def test_latent_and_conditioning_counts_must_match(tiny, helpers, loras_dir):
+    positive = tiny.conditioning("sd15")[0] * 2
+    with pytest.raises(ValueError, match="T-LoRA Train: got 3 latents but 2 conditionings"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", positive=positive, latents=torch.randn(3, 4, 8, 8))
+
+
+def test_one_conditioning_per_image_is_used_per_image(tiny, helpers, loras_dir):
+    positive = tiny.conditioning("sd15", seed=1)[0] + tiny.conditioning("sd15", seed=2)[0]
+    _, _, loss = train(helpers, tiny, tiny.build("sd15"), "sd15", positive=positive, latents=torch.randn(2, 4, 8, 8), batch_size=2)
+    assert len(loss["loss"]) == 6
+
+
+def test_mask_of_the_wrong_size_is_refused(tiny, helpers, loras_dir):
+    with pytest.raises(ValueError, match="T-LoRA Train: the mask is 50x50 but the latents need 64x64"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", mask=torch.ones(1, 50, 50))
+    with pytest.raises(ValueError, match="covers no pixel"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", mask=torch.zeros(1, 64, 64))
+
+
+def test_min_rank_above_rank_is_refused(tiny, helpers, loras_dir):
+    with pytest.raises(ValueError, match=r"T-LoRA Train: min_rank \(9\) must be <= rank \(8\)"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", min_rank=9)
+
+
+def test_zero_steps_is_refused(tiny, helpers, loras_dir):
+    with pytest.raises(ValueError, match=r"T-LoRA Train: steps \(0\) must be >= 1"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", steps=0)
+
+
+def test_resume_file_for_another_rank_or_model_is_refused(tiny, helpers, loras_dir):
+    train(helpers, tiny, tiny.build("sd15"), "sd15", steps=2, save_every=1)
+    checkpoint = "tlora/test_00001_step00001.safetensors"
+    with pytest.raises(ValueError, match="was trained with other settings: rank 8 \\(this node: 16\\)"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", resume_from=checkpoint, rank=16)
+    with pytest.raises(ValueError, match="model_family 'sd15' \\(this node: 'sdxl'\\)"):
+        train(helpers, tiny, tiny.build("sdxl"), "sdxl", resume_from=checkpoint)
+    with pytest.raises(ValueError, match="has no optimizer/RNG state"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", resume_from="tlora/test_00001_.safetensors")
+
+
+def test_divergence_stops_keeps_the_last_checkpoint_and_names_the_step(tiny, helpers, loras_dir, monkeypatch):
+    from tlora_nodes.nodes import train as train_module
+    from tlora_nodes.tlora_core import load_tlora
+
+    original = train_module.training_target
+    calls = []
+
+    def poisoned(*args):
+        calls.append(1)
+        target = original(*args)
+        return target * float("nan") if len(calls) == 3 else target
+
+    monkeypatch.setattr(train_module, "training_target", poisoned)
+    with pytest.raises(RuntimeError, match="T-LoRA Train: training diverged at step 3.*checkpoint of step 2 is kept.*step00002"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", steps=6, save_every=2)
+    assert saved_files(loras_dir) == ["tlora/test_00001_step00002.safetensors"]
+    assert load_tlora(str(loras_dir / "tlora/test_00001_step00002.safetensors")).adapter.training_steps == 2
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny, helpers, loras_dir, monkeypatch):
+    from tlora_nodes.tlora_core import formats, load_tlora
+
+    original = formats.save_file
+    writes = []
+
+    def disk_full_on_second(tensors, filename, metadata=None):
+        writes.append(filename)
+        if len(writes) == 2:
+            with open(filename, "wb") as f:
+                f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return original(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(formats, "save_file", disk_full_on_second)
+    with pytest.raises(OSError, match="T-LoRA Train: could not write .*step00004.*No space left.*previous checkpoint \\(tlora/test_00001_step00002.safetensors\\), which is intact"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", steps=6, save_every=2)
+    assert saved_files(loras_dir) == ["tlora/test_00001_step00002.safetensors"]
+    assert load_tlora(str(loras_dir / "tlora/test_00001_step00002.safetensors")).adapter.training_steps == 2
+    assert not [p for p in os.listdir(loras_dir / "tlora") if p.startswith(".tmp")]
+
+
+def test_nothing_is_written_outside_the_loras_folder(tiny, helpers, loras_dir):
+    with pytest.raises(ValueError, match="filename_prefix '../../escape' points outside the loras folder"):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", filename_prefix="../../escape")
+    assert saved_files(loras_dir.parent) == []
