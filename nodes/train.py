@@ -288,7 +288,8 @@ class TLoRATrain(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Model.Output("model", tooltip="The model with the trained T-LoRA applied timestep-aware."),
+                # no id: "model" is already an input id, and V3 wants ids unique across inputs and outputs
+                io.Model.Output(tooltip="The model with the trained T-LoRA applied timestep-aware."),
                 TLora.Output("tlora", tooltip="The trained adapter, for Timestep-Aware Apply on other models of the same kind."),
                 io.LossMap.Output("loss", tooltip="Loss per step, for the core 'Plot Loss Graph' node."),
             ],
