@@ -193,10 +193,11 @@ def test_rows_at_different_sigmas_get_their_own_masks(tiny, helpers):
     assert stack_ranks[0] != stack_ranks[1]
 
 
-def test_bf16_model_stays_within_tolerance(tiny, helpers):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_stays_within_tolerance(tiny, helpers, dtype):
     model32 = tiny.build("sd15")
     adapter = helpers.make_adapter(model32, rank=8, min_rank=2)
-    model16 = tiny.build("sd15", dtype=torch.bfloat16)
+    model16 = tiny.build("sd15", dtype=dtype)
     sigma = float(model32.model.model_sampling.percent_to_sigma(0.4))
     rank = int(adapter.schedule.rank_at(helpers.independent_timestep(model32, sigma)))
     got = helpers.denoise_at(apply(helpers, model16, adapter), "sd15", sigma)
@@ -227,6 +228,33 @@ def test_fp8_weights_give_the_fp8_model_plus_the_delta(tiny, helpers):
     got = helpers.denoise_at(apply(helpers, model8, adapter), "sd15", sigma)
     want = helpers.denoise_at(helpers.merged_model(twin, adapter, rank), "sd15", sigma)
     torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+
+
+def test_scaled_fp8_weights_give_the_scaled_model_plus_the_delta(tiny, helpers):
+    model = tiny.build("sd15", scaled_fp8=True)
+    scales = {}
+    with torch.no_grad():
+        for name, module in model.model.named_modules():
+            if getattr(module, "scale_weight", None) is not None:
+                module.scale_weight.fill_(0.5)
+                scales[name] = 0.5
+    assert scales and any(p.dtype == torch.float8_e4m3fn for p in model.model.parameters())
+    # the exact fp32 twin: every scaled weight dequantised
+    twin = tiny.build("sd15")
+    state = {}
+    for key, value in model.model.state_dict().items():
+        module = key.rsplit(".", 1)[0]
+        if key.endswith(".weight") and module in scales:
+            value = value.float() * scales[module]
+        state[key] = value.float() if value.is_floating_point() else value
+    twin.model.load_state_dict({k: v for k, v in state.items() if not k.endswith(("scale_weight", "scale_input"))}, strict=False)
+    adapter = helpers.make_adapter(twin, rank=8, min_rank=2)
+    sigma = float(twin.model.model_sampling.percent_to_sigma(0.5))
+    rank = int(adapter.schedule.rank_at(helpers.independent_timestep(twin, sigma)))
+    got = helpers.denoise_at(apply(helpers, model, adapter), "sd15", sigma)
+    want = helpers.denoise_at(helpers.merged_model(twin, adapter, rank), "sd15", sigma)
+    plain = helpers.denoise_at(twin, "sd15", sigma)
+    assert_same_effect(got, want, plain, rel=2e-3)
 
 
 def test_lowvram_partial_loading_gives_the_full_load_output(tiny, helpers, monkeypatch):

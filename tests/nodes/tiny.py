@@ -87,8 +87,9 @@ def _fill(model: torch.nn.Module, seed: int) -> None:
                 p.fill_(1.0)
 
 
-def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None) -> comfy.model_patcher.ModelPatcher:
-    """kind: "sd15", "sd2", "sdxl" or "flux"."""
+def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None, scaled_fp8: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """kind: "sd15", "sd2", "sdxl" or "flux". scaled_fp8: Linear weights stored as float8 with a
+    per-layer scale (ComfyUI's scaled-fp8 checkpoints), computing in ``dtype``."""
     config_class, unet_config = {
         "sd15": (comfy.supported_models.SD15, SD15_CONFIG),
         "sd2": (comfy.supported_models.SD20, SD2_CONFIG),
@@ -97,6 +98,9 @@ def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_ty
     }[kind]
     model_config = config_class(dict(unet_config, dtype=dtype))
     model_config.set_inference_dtype(dtype, None)
+    if scaled_fp8:
+        model_config.scaled_fp8 = torch.float8_e4m3fn
+        model_config.set_inference_dtype(torch.float8_e4m3fn, dtype)
     if model_type is not None:
         model = comfy.model_base.Flux(model_config, model_type=model_type) if kind == "flux" else comfy.model_base.BaseModel(model_config, model_type=model_type)
         if kind == "sdxl":
@@ -104,7 +108,6 @@ def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_ty
     else:
         model = model_config.get_model({})
     _fill(model, seed)
-    model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
 
