@@ -28,7 +28,7 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 # ComfyUI's requirements without the torch family (kept as installed) and the optional extras
 # that would pull a torchvision build of their own (spandrel: upscale models).
-grep -vE '^(torch|torchvision|torchaudio|spandrel|kornia)([<>=~ ].*)?$|^#|^$' "$comfy/requirements.txt" >.venv/comfyui-requirements.txt
+grep -vE '^(torch|torchvision|torchaudio|spandrel)([<>=~ ].*)?$|^#|^$' "$comfy/requirements.txt" >.venv/comfyui-requirements.txt
 "${pip[@]}" -r requirements.txt -r .venv/comfyui-requirements.txt
 
 if [ "$(cd "$(dirname "$pack")" && pwd)" != "$(cd "$comfy/custom_nodes" && pwd)" ]; then
