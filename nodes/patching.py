@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 import torch.utils.checkpoint
@@ -319,10 +319,6 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(stack))
     model.set_attachments(KEY, stack)
     return stack
-
-
-def modules_of(model: comfy.model_patcher.ModelPatcher, targets: Iterable[Target]) -> list[torch.nn.Module]:
-    return [comfy.utils.get_attr(model.model, t.module) for t in targets]
 
 
 # -- training-only glue --------------------------------------------------------------------------

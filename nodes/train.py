@@ -120,8 +120,10 @@ class RunFiles:
 
 # -- progress, cancel, checkpoints ---------------------------------------------------------------------
 class _NodeCallbacks:
-    def __init__(self, trainer_ref: "list[Trainer]", files: RunFiles, node_id: str | None, metadata: dict[str, str]):
-        self.trainer_ref = trainer_ref
+    """Progress bar and live loss for the UI, Cancel, and checkpoint files for the core loop."""
+
+    def __init__(self, files: RunFiles, node_id: str | None, metadata: dict[str, str]):
+        self.trainer: Trainer | None = None  # set once the trainer exists
         self.files = files
         self.node_id = node_id
         self.metadata = metadata
@@ -145,7 +147,7 @@ class _NodeCallbacks:
         return self.interrupted or comfy.model_management.processing_interrupted()
 
     def save(self, step: int, reason: str) -> None:
-        trainer = self.trainer_ref[0]
+        trainer = self.trainer
         path = self.files.checkpoint(step, reason)
         try:
             save_tlora(path, trainer.adapter, "fp32", training_state=trainer.state_dict(), extra_metadata=self.metadata)
@@ -389,10 +391,9 @@ def train(
         else:
             adapter, state = TLoRA.create(config, patching.layer_shapes(targets), settings.seed, svd_device=device), None
         adapter.to(device).requires_grad_(True)
-        trainer_ref: list[Trainer] = []
-        callbacks = _NodeCallbacks(trainer_ref, files, node_id, metadata)
+        callbacks = _NodeCallbacks(files, node_id, metadata)
         trainer = Trainer(adapter, settings, samples.shape[0], tuple(samples.shape[1:]), callbacks=callbacks)
-        trainer_ref.append(trainer)
+        callbacks.trainer = trainer
         if state is not None:
             trainer.load_state_dict(state)
 

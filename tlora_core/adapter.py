@@ -66,6 +66,10 @@ class TLoRALayer(nn.Module):
     initial copies q0, p0, lam0 (buffers) that make the delta exactly zero at init.
     """
 
+    q0: torch.Tensor
+    p0: torch.Tensor
+    lam0: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, rank: int, variant: str) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -127,27 +131,26 @@ class TLoRALayer(nn.Module):
             getattr(self, name + "0").copy_(value)
 
     # -- maths --------------------------------------------------------------------------------
-    def _params(self) -> tuple[torch.Tensor, ...]:
-        if self.variant == "vanilla":
-            return (self.down, self.up)
-        return (self.q, self.p, self.lam, self.q0, self.p0, self.lam0)
-
     def delta(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked delta on activations, maths in float32, returned in x's dtype.
 
         x: (B, ..., in); mask: (R,) shared or (B, R) per row, adapter-wide R >= self.rank.
         """
-        params = self._params()
-        m = mask[..., : self.rank].to(device=params[0].device, dtype=params[0].dtype)
-        xf = x.to(params[0].dtype)
-        out = vanilla_delta(xf, *params, m) if self.variant == "vanilla" else ortho_delta(xf, *params, m)
+        first = self.down if self.variant == "vanilla" else self.q
+        m = mask[..., : self.rank].to(device=first.device, dtype=first.dtype)
+        xf = x.to(first.dtype)
+        if self.variant == "vanilla":
+            out = vanilla_delta(xf, self.down, self.up, m)
+        else:
+            out = ortho_delta(xf, self.q, self.p, self.lam, self.q0, self.p0, self.lam0, m)
         return out.to(x.dtype)
 
     def delta_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """Merged weight delta (out, in) in float32 for one (R,) mask."""
-        params = self._params()
-        m = mask[: self.rank].to(params[0])
-        return vanilla_delta_weight(*params, m) if self.variant == "vanilla" else ortho_delta_weight(*params, m)
+        if self.variant == "vanilla":
+            return vanilla_delta_weight(self.down, self.up, mask[: self.rank].to(self.down))
+        m = mask[: self.rank].to(self.q)
+        return ortho_delta_weight(self.q, self.p, self.lam, self.q0, self.p0, self.lam0, m)
 
     def lora_factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer frozen at the mask with ``rank`` components on, as a plain LoRA.

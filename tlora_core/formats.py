@@ -334,8 +334,8 @@ def save_tlora(
     for key, value in (training_state or {}).items():
         tensors[TRAINING_PREFIX + key] = value.detach().to("cpu").contiguous()
     metadata = tlora_metadata(adapter, storage_dtype)
-    for key, value in (extra_metadata or {}).items():
-        metadata.setdefault(key, str(value))
+    for key, text in (extra_metadata or {}).items():
+        metadata.setdefault(key, str(text))
     _atomic_save(tensors, metadata, path)
 
 

@@ -152,10 +152,10 @@ class Trainer:
         except (KeyError, RuntimeError) as err:
             raise ValueError(f"T-LoRA: the checkpoint has no usable training state ({err}).") from err
         per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in state.items():
+        for key, tensor in state.items():
             if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                per_param.setdefault(int(index), {})[name] = value
+                _, position, entry = key.split(".", 2)
+                per_param.setdefault(int(position), {})[entry] = tensor
         if per_param and max(per_param) >= len(self.params):
             raise ValueError(
                 f"T-LoRA: the checkpoint's optimizer state is for {max(per_param) + 1} parameters, this adapter has "
