@@ -161,6 +161,18 @@ class _NodeCallbacks:
         log.info("T-LoRA: saved %s (step %d, %s)", path, step, reason)
 
 
+def _init_progress(node_id: str | None):
+    """Shows the (SVD-heavy) initialisation on the node, and lets Cancel stop it."""
+
+    def progress(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        server = _prompt_server()
+        if server is not None and node_id is not None and (done == total or done % 8 == 0):
+            server.send_progress_text(f"initialising adapter: layer {done}/{total}", node_id)
+
+    return progress
+
+
 def _prompt_server():
     try:
         from server import PromptServer
@@ -389,7 +401,9 @@ def train(
             loaded = _resume(resume_from, config, targets)
             adapter, state = loaded.adapter, loaded.training_state
         else:
-            adapter, state = TLoRA.create(config, patching.layer_shapes(targets), settings.seed, svd_device=device), None
+            shapes = patching.layer_shapes(targets)
+            adapter = TLoRA.create(config, shapes, settings.seed, svd_device=device, progress=_init_progress(node_id))
+            state = None
         adapter.to(device).requires_grad_(True)
         callbacks = _NodeCallbacks(files, node_id, metadata)
         trainer = Trainer(adapter, settings, samples.shape[0], tuple(samples.shape[1:]), callbacks=callbacks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -113,7 +113,9 @@ class TLoRALayer(nn.Module):
         base = torch.randn(self.in_features, self.out_features, generator=generator) / r
         if svd_device is not None:
             base = base.to(svd_device)
-        u, s, vh = torch.linalg.svd(base, full_matrices=True)
+        # Full matrices are only needed for non-square layers (Q takes rows of the in x in U,
+        # P columns of the out x out Vh); for square ones the reduced SVD is the same, and faster.
+        u, s, vh = torch.linalg.svd(base, full_matrices=self.in_features != self.out_features)
         # Rows of U and columns of Vh, as the reference slices them.
         if init == "principal":
             q, p, lam = u[:r], vh[:, :r], s[:r]
@@ -195,14 +197,21 @@ class TLoRA(nn.Module):
         shapes: Mapping[str, tuple[int, int]],
         seed: int = 0,
         svd_device: torch.device | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> "TLoRA":
-        """New adapter at its initial values. shapes: name -> (in_features, out_features)."""
+        """New adapter at its initial values. shapes: name -> (in_features, out_features).
+
+        progress(done, total) is called after each layer: the Ortho init runs one SVD per layer,
+        which takes minutes for a full-size model on a CPU.
+        """
         generator = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
         layers = {}
-        for name, (fan_in, fan_out) in shapes.items():
+        for done, (name, (fan_in, fan_out)) in enumerate(shapes.items(), start=1):
             layer = TLoRALayer(fan_in, fan_out, min(config.rank, fan_in, fan_out), config.variant)
             layer.reset_(config.init, generator, svd_device)
             layers[name] = layer
+            if progress is not None:
+                progress(done, len(shapes))
         return cls(config, layers)
 
     @property
