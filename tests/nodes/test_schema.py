@@ -70,3 +70,23 @@ def test_node_inputs_match_the_shipped_snapshot():
             assert old == new, f"{node_id}.{old['name']} changed type or default"
         assert got["outputs"][: len(shipped["outputs"])] == shipped["outputs"]
         assert got["display_name"] == shipped["display_name"]
+
+
+def test_older_comfyui_gets_a_message_that_says_what_to_do(monkeypatch):
+    import comfyui_version
+
+    import tlora_nodes
+
+    monkeypatch.setattr(comfyui_version, "__version__", "0.3.50")
+    with pytest.raises(RuntimeError, match="needs ComfyUI 0.3.64 or newer.*this is ComfyUI 0.3.50.*Update ComfyUI"):
+        asyncio.run(tlora_nodes.comfy_entrypoint())
+
+
+def test_pyproject_declares_the_same_minimum_comfyui():
+    import tomllib
+
+    import tlora_nodes
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    need = ".".join(map(str, tlora_nodes.REQUIRES_COMFYUI))
+    assert project["tool"]["comfy"]["requires-comfyui"] == f">={need}"
