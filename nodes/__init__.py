@@ -12,5 +12,12 @@ NODES: list[type[io.ComfyNode]] = [TLoRATrain, TLoRALoad, TimestepAwareApply]
 
 
 class TLoRAExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        from .routes import register
+
+        register()  # GET /tlora/info for the frontend extension; idempotent
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.64 never calls on_load (later versions may): call it here too.
+        await self.on_load()
         return NODES

@@ -1,0 +1,52 @@
+"""GET /tlora/info (nodes/routes.py): the schedule of a file in the loras folder, for the
+frontend's Timestep-Aware Apply plot, read from the safetensors header only."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+
+from .conftest import loras_dir
+
+pytestmark = pytest.mark.e2e
+
+
+def info(comfy, name: str, prefix: str = "") -> tuple[int, dict]:
+    status, body = comfy.request("GET", f"{prefix}/tlora/info?name={urllib.parse.quote(name)}")
+    return status, json.loads(body)
+
+
+def test_info_of_a_tlora_nodes_file_comes_from_its_metadata(comfy, sdxl_adapter):
+    for prefix in ("", "/api"):
+        status, body = info(comfy, sdxl_adapter, prefix)
+        assert status == 200, body
+        assert body == {
+            "name": sdxl_adapter, "source": "tlora-nodes", "variant": "tlora", "rank": 64, "min_rank": 32,
+            "schedule_power": 1.0, "model_family": "sdxl", "training_steps": 0, "needs_schedule": False,
+        }
+
+
+def test_info_of_a_reference_file_gives_the_rank_and_the_schedule_load_would_use(comfy):
+    import torch
+    from safetensors.torch import save_file
+
+    key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora"
+    path = loras_dir(comfy) / "reference" / "pytorch_lora_weights.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"{key}.down.weight": torch.zeros(16, 64), f"{key}.up.weight": torch.zeros(64, 16)}, str(path))
+    status, body = info(comfy, "reference/pytorch_lora_weights.safetensors")
+    assert status == 200, body
+    assert (body["source"], body["variant"], body["rank"], body["min_rank"], body["schedule_power"]) == ("reference", "vanilla", 16, 8, 1.0)
+    assert body["needs_schedule"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [("", 400), ("notes.txt", 400), ("missing.safetensors", 404), ("../../../etc/passwd.safetensors", 404), ("broken.safetensors", 422)],
+)
+def test_bad_names_get_a_clear_error(comfy, name, status):
+    (loras_dir(comfy) / "broken.safetensors").write_bytes(b"not a safetensors file")
+    got, body = info(comfy, name)
+    assert got == status and body["error"].startswith("T-LoRA: "), body

@@ -1,0 +1,62 @@
+"""Tiny random model *files* that a real ComfyUI server detects and loads by itself.
+
+- A UNet file for ``UNETLoader``: SD2-style (COMFYUI.md §7: at tiny size only SD1.5/SD2-style
+  UNets are detected; ``model_channels=320`` and one transformer block are the minimum), built
+  with ComfyUI's own classes from tests/nodes/tiny.py and filled with random weights. ComfyUI
+  detects it as SD2 (ε-prediction); the core ``LotusConditioning`` node gives it a [1, 77, 1024]
+  conditioning, so no text encoder is needed.
+- A VAE file for ``VAELoader``: a TAESD (ComfyUI detects ``taesd_encoder.*``/``taesd_decoder.*``
+  keys), random weights, ~2.4M parameters; encodes images to 4-channel latents and back.
+- A PNG for ``LoadImage``.
+
+Only imported by tests that found a ComfyUI checkout (the conftest puts ComfyUI on sys.path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def write_tiny_unet(path: Path, seed: int = 0) -> Path:
+    """~26M parameters, stored fp16 (~50 MB)."""
+    from tests.nodes import tiny
+
+    model = tiny.build("sd2", seed=seed)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.model.diffusion_model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_tiny_taesd(path: Path, latent_channels: int = 4, seed: int = 0) -> Path:
+    import comfy.taesd.taesd
+
+    model = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in ("vae_scale", "vae_shift"):
+                continue
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_png(path: Path, size: int = 64, seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([x * 255 // size, y * 255 // size, rng.integers(0, 256, (size, size))], -1).astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
