@@ -40,6 +40,7 @@ from typing import Any, Callable
 import torch
 import torch.utils.checkpoint
 
+import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
@@ -204,17 +205,36 @@ class Applied:
 
 
 class TLoRAStack:
-    """The adapters one patched MODEL carries and the masks of its current model call."""
+    """The adapters one patched MODEL carries and the masks of its current model call.
+
+    Two ways to add the deltas, chosen per layer and per call:
+    - merged (sampling): without autograd, when every row of the call shares one rank and the
+      layer computes with its own resident float weight, the layer runs F.linear with
+      W + Σ strength·ΔW(r), merged once per rank (there are at most R − r_min + 1 of them in a
+      run) and kept until the rank changes. Per model call this costs what a merged LoRA costs.
+    - activation-side (everything else: training, rows at different ranks, lowvram or fp8
+      layers that cast their weight per call, torch.compile): Linear(x) + Σ strength·delta(x, mask).
+    Everything device-side (merged weights, device copies of the adapter) is released when the
+    sampling run ends (ModelPatcher's ON_CLEANUP), so nothing lingers in VRAM.
+    """
 
     def __init__(self, applied: tuple[Applied, ...]) -> None:
         self.applied = applied
         self.masks: list[torch.Tensor | None] = [None] * len(applied)
         self.active_ranks: list[torch.Tensor | None] = [None] * len(applied)
+        self.shared_ranks: list[int | None] = [None] * len(applied)  # None: rows differ
+        self._own_layers = [dict(item.adapter.items()) for item in applied]
         self._device_layers: dict[tuple[int, torch.device], dict[str, TLoRALayer]] = {}
+        self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
         self._warned_unset = False
 
     def extended(self, item: Applied) -> "TLoRAStack":
         return TLoRAStack(self.applied + (item,))
+
+    def release(self, *_: Any) -> None:
+        """Drop merged weights and device copies (end of a sampling run)."""
+        self._merged.clear()
+        self._device_layers.clear()
 
     # called once per model call, from the APPLY_MODEL wrapper (or by the trainer via apply_model)
     def set_timesteps(self, timesteps: torch.Tensor) -> None:
@@ -225,8 +245,10 @@ class TLoRAStack:
             self.active_ranks[i] = ranks
             if bool((ranks == ranks[0]).all()):
                 self.masks[i] = schedule.mask_at(timesteps[:1])[0]
+                self.shared_ranks[i] = int(ranks[0])
             else:
                 self.masks[i] = schedule.mask_at(timesteps)
+                self.shared_ranks[i] = None
 
     def _mask(self, i: int, device: torch.device) -> torch.Tensor:
         mask = self.masks[i]
@@ -234,30 +256,67 @@ class TLoRAStack:
             if not self._warned_unset:
                 log.debug("T-LoRA: model run outside a sampler call; using the full-rank mask.")
                 self._warned_unset = True
-            mask = self.applied[i].adapter.schedule.mask_at(0)
-            self.masks[i] = mask
+            schedule = self.applied[i].adapter.schedule
+            mask = schedule.mask_at(0)
+            self.masks[i], self.shared_ranks[i] = mask, schedule.rank
         return mask.to(device)
 
     def _layers(self, i: int, device: torch.device) -> dict[str, TLoRALayer]:
         """The adapter's own layers when they already live on ``device`` (training, CPU); else a
-        frozen copy on that device, made once, so the adapter object the user loaded stays put."""
-        adapter = self.applied[i].adapter
-        first = next(adapter.parameters())
-        if first.device == device:
-            return dict(adapter.items())
+        frozen copy on that device, made once per run, so the adapter object the user loaded
+        stays where it is."""
+        own = self._own_layers[i]
+        if next(next(iter(own.values())).parameters()).device == device:
+            return own
         key = (i, device)
         if key not in self._device_layers:
             with torch.no_grad():
                 copies = {}
-                for name, layer in adapter.items():
+                for name, layer in own.items():
                     copy = TLoRALayer(layer.in_features, layer.out_features, layer.rank, layer.variant)
                     copy.load_state_dict(layer.state_dict())
                     copies[name] = copy.requires_grad_(False).to(device)
             self._device_layers[key] = copies
         return self._device_layers[key]
 
+    # -- merged path ------------------------------------------------------------------------------
+    def _can_merge(self, module: torch.nn.Module, x: torch.Tensor) -> bool:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or None in self.shared_ranks:
+            return False
+        if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
+            return False  # lowvram / manual cast / other per-call weight functions
+        weight = module.weight
+        if weight.dtype != x.dtype or weight.device != x.device or getattr(module, "scale_weight", None) is not None:
+            return False  # fp8 storage, scaled fp8, or a weight that isn't used as is
+        if module not in self._merged and x.device.type != "cpu":
+            need = weight.numel() * weight.element_size()
+            if comfy.model_management.get_free_memory(x.device) < need + comfy.model_management.minimum_inference_memory():
+                return False  # no room for a merged copy: add the delta on activations instead
+        return True
+
+    def _merged_weight(self, module: torch.nn.Module, slots: tuple, device: torch.device) -> torch.Tensor:
+        weight = module.weight
+        key = (tuple(self.shared_ranks), id(weight), weight.data_ptr())
+        cached = self._merged.get(module)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self._merged.pop(module, None)  # free the previous rank's copy first
+        merged = weight.detach().clone()
+        for i, name, rows in slots:
+            delta = self._layers(i, device)[name].delta_weight_at(self.shared_ranks[i])
+            strength = self.applied[i].strength
+            if strength != 1.0:
+                delta.mul_(strength)
+            target = merged if rows is None else merged[rows[0] : rows[0] + rows[1]]
+            target.add_(delta)  # float32 delta, one rounding into the weight's dtype
+        self._merged[module] = (key, merged)
+        return merged
+
+    # -- the patched forward ------------------------------------------------------------------------
     def forward(self, module: torch.nn.Module, slots: tuple[tuple[int, str, tuple[int, int] | None], ...],
                 x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._can_merge(module, x):
+            return torch.nn.functional.linear(x, self._merged_weight(module, slots, x.device), module.bias)
         y = type(module).forward(module, x, *args, **kwargs)
         for i, name, rows in slots:
             delta = self._layers(i, x.device)[name].delta(x, self._mask(i, x.device))
@@ -317,6 +376,8 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
 
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(stack))
+    model.remove_callbacks_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY)
+    model.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, stack.release)
     model.set_attachments(KEY, stack)
     return stack
 

@@ -275,7 +275,10 @@ class TLoRATrain(io.ComfyNode):
                     tooltip="Which singular vectors of a random matrix seed the orthogonal factors. 'last' works best.",
                 ),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per step, each at its own timestep and rank."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seeds the initial adapter, timesteps and noise."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                    tooltip="Seeds the initial adapter, timesteps and noise. Same seed and inputs: same adapter.",
+                ),
                 io.Int.Input(
                     "save_every", default=200, min=0, max=100000,
                     tooltip="Write a resumable checkpoint every N steps (0 = only at the end and on Cancel).",

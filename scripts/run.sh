@@ -37,9 +37,13 @@ fi
 
 extra=()
 .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || extra+=(--cpu)
-if ! .venv/bin/python -c "import torchvision" 2>/dev/null; then
-  echo "tlora-nodes: torchvision is not importable; ComfyUI runs without it (Cosmos/Stable Cascade models unavailable)." >&2
-  export PYTHONPATH="$pack/tests/stubs${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# Without torchvision/spandrel some core node files fail to import, and the frontend then can't
+# create any model-loader node; stand-ins that fail loudly if used keep the rest working.
+for name in torchvision spandrel; do
+  if ! .venv/bin/python -c "import $name" 2>/dev/null; then
+    echo "tlora-nodes: $name is not importable here; ComfyUI runs with a stand-in (models that need it are unavailable)." >&2
+    export PYTHONPATH="$pack/tests/stubs/$name${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+done
 echo "tlora-nodes: starting ComfyUI $comfy on http://127.0.0.1:${PORT:-8188}"
 exec .venv/bin/python "$comfy/main.py" --listen 127.0.0.1 --port "${PORT:-8188}" "${extra[@]}" "$@"

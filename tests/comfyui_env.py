@@ -35,25 +35,27 @@ def find_comfyui() -> tuple[Path | None, str]:
     return None, "no ComfyUI found (set COMFYUI_PATH, or put the pack in ComfyUI/custom_nodes, or use ~/ComfyUI)"
 
 
-def torchvision_importable() -> bool:
+def importable(module: str) -> bool:
     try:
-        importlib.import_module("torchvision")
+        importlib.import_module(module)
         return True
     except Exception:  # a broken torchvision raises RuntimeError, not ImportError
-        sys.modules.pop("torchvision", None)
+        sys.modules.pop(module, None)
         return False
 
 
 def extra_pythonpath() -> list[str]:
-    """Paths a ComfyUI process (in- or out-of-process) needs before its own."""
-    return [] if torchvision_importable() else [str(STUBS)]
+    """Paths a ComfyUI process (in- or out-of-process) needs before its own: the test-only
+    stand-in for torchvision and/or spandrel (tests/stubs/<name>/) when the real one can't be
+    imported (see the stubs' docstrings)."""
+    return [str(STUBS / name) for name in ("torchvision", "spandrel") if not importable(name)]
 
 
 def prepare_in_process(path: Path) -> None:
     """Make ``import comfy`` work in this process, CPU only, like ComfyUI's main.py would."""
-    for extra in [str(path)] + extra_pythonpath():
+    for position, extra in enumerate([str(path)] + extra_pythonpath()):
         if extra not in sys.path:
-            sys.path.insert(0 if extra == str(path) else 1, extra)
+            sys.path.insert(position, extra)
     from comfy.cli_args import args
 
     args.cpu = True

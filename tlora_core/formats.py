@@ -287,7 +287,8 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     """Write next to ``path`` and rename, so a crash or a full disk never leaves half a file there."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    # ".part": a file left by a crash is not listed as a LoRA (ComfyUI lists *.safetensors)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors.part", dir=directory)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)

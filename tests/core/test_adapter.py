@@ -124,6 +124,17 @@ def test_raising_rank_only_adds_components(variant):
             previous = current
 
 
+@pytest.mark.parametrize("variant", ["tlora", "vanilla"])
+def test_delta_weight_at_a_rank_equals_the_masked_delta_weight(variant):
+    adapter = perturb(make(variant))
+    for name, layer in adapter.items():
+        for r in (0, 1, 7, 16, 20):
+            torch.testing.assert_close(layer.delta_weight_at(r), layer.delta_weight(all_masks(20)[r]), rtol=1e-5, atol=1e-6)
+    fresh = make(variant)
+    for name, layer in fresh.items():
+        assert torch.equal(layer.delta_weight_at(20), torch.zeros(layer.out_features, layer.in_features))
+
+
 @pytest.mark.parametrize("init", ["last", "principal", "middle"])
 def test_ortho_init_has_orthonormal_factors_and_spec_singular_values(init):
     fan_in, fan_out, rank, seed = 48, 40, 20, 3

@@ -53,7 +53,8 @@ NOTE_A = f"""## T-LoRA: train a concept from one image (SDXL)
    `models/loras/tlora/sks_dog_00001_.safetensors` (checkpoints every 200 steps; Cancel keeps one;
    `resume_from` continues it). Its MODEL output samples the three new prompts below.
 
-Keep the seed **fixed** on T-LoRA Train: a new seed means a new training run.
+T-LoRA Train is deterministic: the same seed and inputs give the same adapter, and ComfyUI
+reuses it until an input changes (a new seed means a new training run).
 Out of memory? Set `training_dtype` to bf16.
 
 **Model files**
@@ -62,7 +63,7 @@ Out of memory? Set `training_dtype` to bf16.
 
 TRAIN_SDXL = dict(
     steps=800, learning_rate=1e-4, rank=64, min_rank=32, schedule_power=1.0, variant="T-LoRA", init="last",
-    batch_size=1, seed=0, control_after_generate="fixed", save_every=200, filename_prefix="tlora/sks_dog",
+    batch_size=1, seed=0, save_every=200, filename_prefix="tlora/sks_dog",
     resume_from="none", training_dtype="fp32", gradient_checkpointing=True,
 )
 PROMPTS_A = (
@@ -183,7 +184,7 @@ Writes `models/loras/tlora/sks_dog_flux_00001_.safetensors`.
 """
 TRAIN_FLUX = dict(
     steps=500, learning_rate=1e-4, rank=32, min_rank=1, schedule_power=1.0, variant="Vanilla T-LoRA", init="last",
-    batch_size=1, seed=0, control_after_generate="fixed", save_every=100, filename_prefix="tlora/sks_dog_flux",
+    batch_size=1, seed=0, save_every=100, filename_prefix="tlora/sks_dog_flux",
     resume_from="none", training_dtype="bf16", gradient_checkpointing=True,
 )
 PROMPTS_C = ("a photo of sks dog on a beach at sunset", "an oil painting of sks dog wearing a red hat")

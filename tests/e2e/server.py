@@ -45,15 +45,10 @@ def _importable(module: str) -> bool:
 
 
 def server_pythonpath() -> list[str]:
-    """PYTHONPATH entries the server process needs: test-only stubs for torchvision
-    (tests/stubs, see tests/comfyui_env.py) and spandrel (tests/e2e/stubs) where the real
-    packages are missing or broken."""
-    paths = []
-    if not _importable("torchvision"):
-        paths.append(str(REPO / "tests" / "stubs"))
-    if not _importable("spandrel"):
-        paths.append(str(REPO / "tests" / "e2e" / "stubs"))
-    return paths
+    """PYTHONPATH entries the server process needs: the test-only stubs (tests/stubs/<name>:
+    torchvision and spandrel, see tests/comfyui_env.py) where the real packages are missing or
+    broken."""
+    return [str(REPO / "tests" / "stubs" / name) for name in ("torchvision", "spandrel") if not _importable(name)]
 
 
 def _die_with_parent() -> None:

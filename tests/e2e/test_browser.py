@@ -263,7 +263,7 @@ def test_live_loss_curve_follows_a_real_training_run(ui, request):
           const set = (name, value) => { train.widgets.find((w) => w.name === name).value = value; };
           set("steps", steps); set("rank", 4); set("min_rank", 2); set("variant", "Vanilla T-LoRA");
           set("learning_rate", 0.001); set("save_every", 0); set("filename_prefix", "e2e/browser");
-          set("gradient_checkpointing", false); set("seed", 3); set("control_after_generate", "fixed");
+          set("gradient_checkpointing", false); set("seed", 3);
           loader.connect(0, train, 0); latent.connect(0, train, 1); cond.connect(0, train, 2);
           app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
           await app.queuePrompt(0);

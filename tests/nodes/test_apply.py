@@ -70,6 +70,25 @@ def test_patched_output_equals_merged_delta_at_that_sigma(tiny, helpers, kind, v
 
 
 @pytest.mark.parametrize("variant", ["tlora", "vanilla"])
+@pytest.mark.parametrize("kind", ["sd15", "flux"])
+def test_merged_path_and_activation_path_agree(tiny, helpers, patching, monkeypatch, kind, variant):
+    model = tiny.build(kind)
+    adapter = helpers.make_adapter(model, variant=variant, rank=12, min_rank=3)
+    patched = apply(helpers, model, adapter, strength=0.7)
+    stack = patching.get_stack(patched)
+    merges = []
+    original = patching.TLoRAStack._merged_weight
+    monkeypatch.setattr(patching.TLoRAStack, "_merged_weight", lambda self, *a: merges.append(1) or original(self, *a))
+    merged = tiny.sample(patched, kind, steps=4)
+    assert merges, "sampling (no autograd, shared rank, resident weights) should use merged weights"
+    assert stack._merged == {} and stack._device_layers == {}  # released when the run ended
+    monkeypatch.setattr(patching.TLoRAStack, "_can_merge", lambda self, module, x: False)
+    activation = tiny.sample(apply(helpers, model, adapter, strength=0.7), kind, steps=4)
+    plain = tiny.sample(model, kind, steps=4)
+    assert_same_effect(merged, activation, plain)
+
+
+@pytest.mark.parametrize("variant", ["tlora", "vanilla"])
 def test_min_rank_equal_rank_matches_stock_lora_loader_on_the_export(tiny, helpers, variant, tmp_path):
     import comfy.sd
     import comfy.utils

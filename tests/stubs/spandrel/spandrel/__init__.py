@@ -10,7 +10,7 @@ names importable the node registers; using it fails loudly.
 
 class _Unavailable:
     def __init__(self, *args, **kwargs):
-        raise RuntimeError("spandrel stub (tests/e2e/stubs): upscale models are not available in this test environment")
+        raise RuntimeError("spandrel stub (tests/stubs): upscale models are not available in this test environment")
 
 
 class ModelLoader(_Unavailable):
