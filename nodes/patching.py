@@ -211,7 +211,10 @@ class TLoRAStack:
     - merged (sampling): without autograd, when every row of the call shares one rank and the
       layer computes with its own resident float weight, the layer runs F.linear with
       W + Σ strength·ΔW(r), merged once per rank (there are at most R − r_min + 1 of them in a
-      run) and kept until the rank changes. Per model call this costs what a merged LoRA costs.
+      run) and kept until the rank changes. Per model call this costs what a merged LoRA costs;
+      per rank change one addmm per layer: W + up[:, :k] @ down[:k] with the adapter as a plain
+      LoRA (``plain_factors``) held in the weight's dtype, accumulated in float32 by the GEMM and
+      rounded once — below the weight's own rounding, so nothing is lost to the fp32 maths.
     - activation-side (everything else: training, rows at different ranks, lowvram or fp8
       layers that cast their weight per call, torch.compile): Linear(x) + Σ strength·delta(x, mask).
     Everything device-side (merged weights, device copies of the adapter) is released when the
@@ -226,6 +229,7 @@ class TLoRAStack:
         self._own_layers = [dict(item.adapter.items()) for item in applied]
         self._device_layers: dict[tuple[int, torch.device], dict[str, TLoRALayer]] = {}
         self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
+        self._plain: dict[tuple[int, str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._warned_unset = False
 
     def extended(self, item: Applied) -> "TLoRAStack":
@@ -234,6 +238,7 @@ class TLoRAStack:
     def release(self, *_: Any) -> None:
         """Drop merged weights and device copies (end of a sampling run)."""
         self._merged.clear()
+        self._plain.clear()
         self._device_layers.clear()
 
     # called once per model call, from the APPLY_MODEL wrapper (or by the trainer via apply_model)
@@ -294,6 +299,16 @@ class TLoRAStack:
                 return False  # no room for a merged copy: add the delta on activations instead
         return True
 
+    def _plain_factors(self, i: int, name: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down, strength·up) of one layer as a plain LoRA, on the device in the weight's dtype."""
+        key = (i, name, device, dtype)
+        if key not in self._plain:
+            with torch.no_grad():
+                down, up = self._own_layers[i][name].plain_factors()
+                up = up * self.applied[i].strength
+                self._plain[key] = (down.to(device, dtype).contiguous(), up.to(device, dtype).contiguous())
+        return self._plain[key]
+
     def _merged_weight(self, module: torch.nn.Module, slots: tuple, device: torch.device) -> torch.Tensor:
         weight = module.weight
         key = (tuple(self.shared_ranks), id(weight), weight.data_ptr())
@@ -301,14 +316,18 @@ class TLoRAStack:
         if cached is not None and cached[0] == key:
             return cached[1]
         self._merged.pop(module, None)  # free the previous rank's copy first
-        merged = weight.detach().clone()
+        merged: torch.Tensor | None = None
         for i, name, rows in slots:
-            delta = self._layers(i, device)[name].delta_weight_at(self.shared_ranks[i])
-            strength = self.applied[i].strength
-            if strength != 1.0:
-                delta.mul_(strength)
+            down, up = self._plain_factors(i, name, device, weight.dtype)
+            k = self._own_layers[i][name].components(self.shared_ranks[i])  # type: ignore[arg-type]
+            if rows is None and merged is None:
+                merged = torch.addmm(weight, up[:, :k], down[:k])
+                continue
+            if merged is None:
+                merged = weight.detach().clone()
             target = merged if rows is None else merged[rows[0] : rows[0] + rows[1]]
-            target.add_(delta)  # float32 delta, one rounding into the weight's dtype
+            target.addmm_(up[:, :k], down[:k])
+        assert merged is not None
         self._merged[module] = (key, merged)
         return merged
 

@@ -163,18 +163,32 @@ class TLoRALayer(nn.Module):
         ones = torch.ones_like(self.lam[:r])
         return ortho_delta_weight(self.q[:r], self.p[:, :r], self.lam[:r], self.q0[:r], self.p0[:, :r], self.lam0[:r], ones)
 
-    def lora_factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer frozen at the mask with ``rank`` components on, as a plain LoRA.
+    def plain_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer as a plain LoRA whose leading components are the active ones.
 
-        Returns (down (K, in), up (out, K)) with delta_W = up @ down; K = r for Vanilla and
-        2r for Ortho ([P·diag(λ), −P0·diag(λ0)] and [Q; Q0]), r = min(rank, self.rank).
+        Returns (down (K, in), up (out, K)) with delta_W(rank r) = up[:, :k] @ down[:k],
+        k = ``components(r)``: K = R for Vanilla; for Ortho K = 2R with the trained and the frozen
+        branch interleaved, [Q_0; Q0_0; Q_1; Q0_1; ...] and [λ_0·P_0, −λ0_0·P0_0, ...], so that
+        "the first r components on" is a slice rather than a mask.
         """
-        r = min(rank, self.rank)
         if self.variant == "vanilla":
-            return self.down[:r], self.up[:, :r]
-        down = torch.cat([self.q[:r], self.q0[:r]], dim=0)
-        up = torch.cat([self.p[:, :r] * self.lam[:r], -(self.p0[:, :r] * self.lam0[:r])], dim=1)
+            return self.down, self.up
+        r = self.rank
+        down = torch.stack([self.q, self.q0], dim=1).reshape(2 * r, self.in_features)
+        up = torch.stack([self.p * self.lam, -(self.p0 * self.lam0)], dim=2).reshape(self.out_features, 2 * r)
         return down, up
+
+    def components(self, rank: int) -> int:
+        """How many leading components of ``plain_factors`` rank ``rank`` uses."""
+        r = min(int(rank), self.rank)
+        return r if self.variant == "vanilla" else 2 * r
+
+    def lora_factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer frozen at the mask with ``rank`` components on, as a plain LoRA:
+        (down (k, in), up (out, k)), k = r for Vanilla, 2r for Ortho."""
+        down, up = self.plain_factors()
+        k = self.components(rank)
+        return down[:k], up[:, :k]
 
 
 class TLoRA(nn.Module):
