@@ -9,7 +9,7 @@ from collections import OrderedDict
 import folder_paths
 from comfy_api.latest import io
 
-from ..tlora_core import LoadedFile, read_tlora
+from ..tlora_core import LoadedFile, read_tlora, reference_min_rank
 from .types import CATEGORY, TLora, node_message
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class TLoRALoad(io.ComfyNode):
         if min_rank > 0:
             changes["min_rank"] = min_rank
         elif loaded.needs_schedule:
-            changes["min_rank"] = max(1, adapter.config.rank // 2)
+            changes["min_rank"] = reference_min_rank(adapter.config.rank)
             log.info("T-LoRA: %s stores no min_rank; using half the rank (%d).", lora_name, changes["min_rank"])
         if schedule_power > 0:
             changes["schedule_power"] = schedule_power

@@ -16,15 +16,11 @@ import logging
 import os
 import sys
 
-from safetensors import SafetensorError, safe_open
-
-from ..tlora_core import FORMAT_NAME
+from ..tlora_core import TLoRAFileError, reference_min_rank, summarize_tlora
 
 log = logging.getLogger(__name__)
 ROUTE = "/tlora/info"
 _registered = False
-# Reference processor keys whose first dimension is the rank (SPEC §6).
-_REFERENCE_RANK_KEYS = {"_lora.down.weight": "vanilla", "_lora.q_layer.weight": "tlora"}
 
 
 class InfoError(ValueError):
@@ -36,38 +32,21 @@ class InfoError(ValueError):
 def file_info(path: str, name: str) -> dict:
     """Schedule facts of a T-LoRA file, from its header only."""
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            if metadata.get("format") == FORMAT_NAME:
-                return {
-                    "name": name,
-                    "source": FORMAT_NAME,
-                    "variant": metadata.get("variant"),
-                    "rank": int(metadata["rank"]),
-                    "min_rank": int(metadata["min_rank"]),
-                    "schedule_power": float(metadata.get("schedule_power", "1.0")),
-                    "model_family": metadata.get("model_family"),
-                    "training_steps": int(metadata.get("training_steps", "0")),
-                    "needs_schedule": False,
-                }
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                for suffix, variant in _REFERENCE_RANK_KEYS.items():
-                    if key.endswith(suffix):
-                        rank = int(f.get_slice(key).get_shape()[0])
-                        return {
-                            "name": name,
-                            "source": "reference",
-                            "variant": variant,
-                            "rank": rank,
-                            "min_rank": max(1, rank // 2),
-                            "schedule_power": 1.0,
-                            "model_family": None,
-                            "training_steps": None,
-                            "needs_schedule": True,
-                        }
-    except (SafetensorError, OSError, KeyError, ValueError) as err:
-        raise InfoError(422, f"T-LoRA: {name} is not a readable T-LoRA file ({err}).") from err
-    raise InfoError(422, f"T-LoRA: {name} is neither a tlora-nodes file nor a reference T-LoRA file.")
+        summary = summarize_tlora(path)
+    except TLoRAFileError as err:
+        raise InfoError(422, str(err)) from err
+    needs_schedule = summary.min_rank is None
+    return {
+        "name": name,
+        "source": summary.source,
+        "variant": summary.variant,
+        "rank": summary.rank,
+        "min_rank": reference_min_rank(summary.rank) if needs_schedule else summary.min_rank,
+        "schedule_power": 1.0 if summary.schedule_power is None else summary.schedule_power,
+        "model_family": summary.model_family or None,
+        "training_steps": None if needs_schedule else summary.training_steps,
+        "needs_schedule": needs_schedule,
+    }
 
 
 def lookup(name: str) -> dict:

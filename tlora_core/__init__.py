@@ -4,19 +4,23 @@ from .adapter import INITS, VARIANT_LABELS, VARIANTS, TLoRA, TLoRAConfig, TLoRAL
 from .formats import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    FileSummary,
     LoadedFile,
     TLoRAFileError,
     export_lora,
     load_tlora,
     read_tlora,
+    reference_min_rank,
     save_lora,
     save_tlora,
+    summarize_tlora,
 )
 from .schedule import NUM_TRAIN_TIMESTEPS, RankSchedule
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FileSummary",
     "INITS",
     "LoadedFile",
     "NUM_TRAIN_TIMESTEPS",
@@ -30,6 +34,8 @@ __all__ = [
     "export_lora",
     "load_tlora",
     "read_tlora",
+    "reference_min_rank",
     "save_lora",
     "save_tlora",
+    "summarize_tlora",
 ]

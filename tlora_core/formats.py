@@ -66,6 +66,59 @@ class LoadedFile:
     needs_schedule: bool = False
 
 
+@dataclass(frozen=True)
+class FileSummary:
+    """What a T-LoRA file is, from its header alone (no tensor data is read).
+
+    min_rank / schedule_power are None for reference files, which don't store the schedule."""
+
+    source: str  # "tlora-nodes" or "reference"
+    variant: str
+    rank: int
+    min_rank: int | None
+    schedule_power: float | None
+    model_family: str
+    training_steps: int
+
+
+def reference_min_rank(rank: int) -> int:
+    """The min_rank used for a reference file when none is given: half the rank, the paper's."""
+    return max(1, rank // 2)
+
+
+def summarize_tlora(path: str) -> FileSummary:
+    """Read only the safetensors header: metadata for our files, key names and shapes for
+    reference files. Raises TLoRAFileError like ``read_tlora``."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise TLoRAFileError(f"T-LoRA: file not found: {path}. Put the file in ComfyUI/models/loras.")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            if metadata.get("format") == FORMAT_NAME:
+                return FileSummary(
+                    FORMAT_NAME,
+                    metadata.get("variant", ""),
+                    _meta_int(metadata, "rank", path),
+                    _meta_int(metadata, "min_rank", path),
+                    float(metadata.get("schedule_power", "1.0")),
+                    metadata.get("model_family", ""),
+                    int(metadata.get("training_steps", "0") or 0),
+                )
+            ranks = {
+                variant: max((f.get_slice(k).get_shape()[0] for k in f.keys() if k.endswith(suffix)), default=0)
+                for suffix, variant in (("_lora.down.weight", "vanilla"), ("_lora.q_layer.weight", "tlora"))
+            }
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        if isinstance(err, TLoRAFileError):
+            raise
+        raise TLoRAFileError(f"T-LoRA: {name} is not a readable safetensors file ({err}).") from err
+    variant = "tlora" if ranks["tlora"] else "vanilla"
+    if not ranks[variant]:
+        raise TLoRAFileError(f"T-LoRA: {name} is neither a tlora-nodes file nor a reference T-LoRA file.")
+    return FileSummary("reference", variant, int(ranks[variant]), None, None, "", 0)
+
+
 # -- reading --------------------------------------------------------------------------------------
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not os.path.isfile(path):
@@ -383,9 +436,12 @@ __all__ = [
     "STORAGE_DTYPES",
     "TLoRAFileError",
     "export_lora",
+    "FileSummary",
     "load_tlora",
     "lora_key",
     "read_tlora",
+    "reference_min_rank",
+    "summarize_tlora",
     "save_lora",
     "save_tlora",
 ]

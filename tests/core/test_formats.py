@@ -252,3 +252,22 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         save_tlora(path, make("vanilla"))
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["a.safetensors"]  # no temp file left behind
+
+
+def test_header_summary_matches_the_full_read(tmp_path):
+    from tlora_nodes.tlora_core import summarize_tlora
+
+    ours = str(tmp_path / "ours.safetensors")
+    save_tlora(ours, make("tlora"))
+    s = summarize_tlora(ours)
+    assert (s.source, s.variant, s.rank, s.min_rank, s.schedule_power, s.model_family, s.training_steps) == (
+        "tlora-nodes", "tlora", 20, 6, 1.5, "sdxl", 123
+    )
+    ref = str(tmp_path / "ref.safetensors")
+    save_file(reference_state_dict("vanilla", rank=4), ref)
+    s = summarize_tlora(ref)
+    assert (s.source, s.variant, s.rank, s.min_rank, s.schedule_power) == ("reference", "vanilla", 4, None, None)
+    plain = str(tmp_path / "plain.safetensors")
+    save_file({"x.lora_up.weight": torch.zeros(1)}, plain)
+    with pytest.raises(TLoRAFileError, match="neither a tlora-nodes file nor a reference"):
+        summarize_tlora(plain)
