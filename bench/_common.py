@@ -88,6 +88,9 @@ def setup_comfyui(path: Path, device: str) -> None:
 
 def load_pack():
     """The pack as package ``tlora_nodes`` (tests/conftest.py does the same)."""
+    global PACK_VERSION_AT_START
+    if PACK_VERSION_AT_START is None:
+        PACK_VERSION_AT_START = pack_version()  # the code this process runs, even if the tree changes later
     if PACKAGE in sys.modules:
         return sys.modules[PACKAGE]
     spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
@@ -291,8 +294,24 @@ def comfyui_version(path: Path) -> str:
     return "unknown"
 
 
+def pack_version() -> str:
+    """The pack's git commit, with "+changes" when nodes/ or tlora_core/ differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "nodes", "tlora_core"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty else "")
+
+
+PACK_VERSION_AT_START = None
+
+
 def machine_info(device: torch.device, comfyui: Path) -> dict:
     info = {
+        "pack": PACK_VERSION_AT_START or pack_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,

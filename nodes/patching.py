@@ -1,27 +1,30 @@
 """All ModelPatcher glue: which layers a T-LoRA adapts, and how the sampler's sigma picks the mask.
 
-Mechanism: activation-side, one forward override per adapted Linear, installed as ModelPatcher
-object patches (``<module path>.forward``), plus one APPLY_MODEL wrapper that turns the sigma
-of every model call into the reference's timestep and sets the rank mask for that call.
+Mechanism: one forward override per adapted Linear, installed as ModelPatcher object patches
+(``<module path>.forward``), and one APPLY_MODEL wrapper that turns the sigma of every model
+call into the reference's timestep t and sets the rank masks r(t) for that call. The override
+adds the T-LoRA deltas in one of two ways (TLoRAStack picks per layer and call):
 
-    y = Linear(x) + Σ_adapters strength · delta(x, mask(t(σ)))        (tlora_core does delta)
+    merged          y = F.linear(x, W + Σ strength·ΔW(r))     ΔW merged once per rank change
+    activation-side y = Linear(x) + Σ strength·delta(x, mask)  (tlora_core does delta)
 
-Why this and not ComfyUI's weight wrappers (``add_weight_wrapper``):
-- Per-row masks. A weight wrapper yields one weight per forward, so one mask per forward. The
-  trainer needs a mask per batch row (each sample follows its own timestep); so does any model
-  call whose rows carry different sigmas. Activation-side handles both with one code path.
-- The base layer is left alone. Stacked LoRAs, lowvram/partial loading (weights cast per
-  forward), fp16/bf16, fp8 and scaled-fp8 checkpoints all keep computing Linear(x) their own way;
-  we add a float32 delta and cast it to the activation dtype. Weight wrappers receive fp8 or
-  unscaled weights and must undo each storage trick.
-- Training cost. Through a weight, backward computes the full (out x in) weight gradient of
-  every adapted layer; on activations the extra work is rank-sized.
-- Lifetime. ModelPatcher restores object patches on every unpatch and (re)applies the new
-  patcher's on every load, also when it skips reloading weights. Weight-wrapper functions stay on
-  the modules after a full-load unpatch, and a clone with the same weights but other wrappers
-  can keep running the old ones.
-- torch.compile. Masks are tensors read per call; their values change, their shapes don't, so a
-  compiled model is not recompiled per step (a Python-int rank would be).
+Merged serves sampling: no autograd, one rank for all rows of the call, a resident float
+weight. A run uses at most R − r_min + 1 ranks, so it costs one addmm per layer per rank
+change, and per model call exactly what a merged LoRA costs. The activation side costs every
+call memory-bound passes over the activations and about 4k/d of each projection's FLOPs
+(bench/RESULTS.md has the measurements). Activation-side serves everything else: training
+(gradients reach the adapter, rank-sized backward instead of the full weight gradient), rows at
+different ranks (each training sample follows its own timestep), lowvram or fp8/scaled-fp8
+layers that cast their weight per call (the base layer computes Linear(x) its own way and the
+float32 delta is added), and torch.compile (masks are tensors whose values change per call and
+whose shapes don't, so a compiled model is not recompiled per step; a Python-int rank would be).
+
+Why object patches rather than ComfyUI's weight wrappers (``add_weight_wrapper``): a weight
+wrapper yields one weight per forward (no per-row masks) and runs on a fresh copy of the weight
+every call; it receives fp8 or unscaled weights and must undo each storage trick; and its
+functions stay on the modules after a full-load unpatch, so a clone with the same weights but
+other wrappers can keep running the old ones. ModelPatcher restores object patches on every
+unpatch and (re)applies the new patcher's on every load, also when it skips reloading weights.
 
 Reruns: each MODEL output is a fresh ``clone()``; the stack of adapters lives in a patcher
 attachment, so applying T-LoRA twice stacks two adapters on purpose and rerunning the same graph
