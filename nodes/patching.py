@@ -318,16 +318,17 @@ class TLoRAStack:
         cached = self._merged.get(module)
         if cached is not None and cached[0] == key:
             return cached[1]
-        self._merged.pop(module, None)  # free the previous rank's copy first
+        # the previous rank's copy is overwritten in place: no new allocation per rank change
+        buffer = cached[1] if cached is not None and cached[1].shape == weight.shape else None
         merged: torch.Tensor | None = None
         for i, name, rows in slots:
             down, up = self._plain_factors(i, name, device, weight.dtype)
             k = self._own_layers[i][name].components(self.shared_ranks[i])  # type: ignore[arg-type]
             if rows is None and merged is None:
-                merged = torch.addmm(weight, up[:, :k], down[:k])
+                merged = torch.addmm(weight, up[:, :k], down[:k], out=buffer)
                 continue
             if merged is None:
-                merged = weight.detach().clone()
+                merged = buffer.copy_(weight) if buffer is not None else weight.detach().clone()
             target = merged if rows is None else merged[rows[0] : rows[0] + rows[1]]
             target.addmm_(up[:, :k], down[:k])
         assert merged is not None
