@@ -69,6 +69,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-timeout", type=int, default=1800, help="seconds before a subprocess is killed")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the timed steps (torch.profiler) and print the top ops by self device and CPU time")
     args = p.parse_args(argv)
     if args.steps:  # --steps means the timed steps here
         args.measure = args.steps
@@ -89,6 +91,34 @@ class StepClock:
         c.sync(self.device)
         self.stamps.append(time.perf_counter())
         self.cpu_stamps.append(time.process_time())
+
+
+def _step_profiler(device: torch.device, args: argparse.Namespace):
+    """A torch.profiler that records the timed steps only (stepped by the optimizer hook)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    prof = torch.profiler.profile(
+        activities=activities, schedule=torch.profiler.schedule(wait=args.warmup - 1, warmup=1, active=args.measure),
+        acc_events=True,
+    )
+    prof.start()
+    handle = register_optimizer_step_post_hook(lambda *a: prof.step())
+    return prof, handle
+
+
+def _print_profile(prof, handle, device: torch.device, steps: int) -> None:
+    handle.remove()
+    prof.stop()
+    averages = prof.key_averages()
+    launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    print(f"profile of {steps} timed steps: {launches / max(steps, 1):.0f} kernel launches per step")
+    keys = (["self_device_time_total"] if device.type == "cuda" else []) + ["self_cpu_time_total"]
+    for key in keys:
+        try:
+            print(averages.table(sort_by=key, row_limit=30, max_name_column_width=70))
+        except Exception as err:  # older/newer torch spell the device column differently
+            print(f"(no table by {key}: {err})")
 
 
 def _status_kib(field: str) -> int | None:
@@ -151,6 +181,7 @@ def worker(args: argparse.Namespace) -> dict:
     base_rss_kib = _status_kib("VmRSS")
 
     clock = StepClock(device)
+    profiler = _step_profiler(device, args) if args.profile else None
     t0 = time.perf_counter()
     init = c.fast_init() if args.fast_init else contextlib.nullcontext()
     with init, torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -161,6 +192,8 @@ def worker(args: argparse.Namespace) -> dict:
     c.sync(device)
     wall = time.perf_counter() - t0
     clock.handle.remove()
+    if profiler is not None:
+        _print_profile(*profiler, device, args.measure)
 
     if len(clock.stamps) != total_steps:
         raise SystemExit(f"bench: expected {total_steps} optimizer steps from {args.worker}, saw {len(clock.stamps)}.")

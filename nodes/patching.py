@@ -220,8 +220,9 @@ class TLoRAStack:
       rounded once — below the weight's own rounding, so nothing is lost to the fp32 maths.
     - activation-side (everything else: training, rows at different ranks, lowvram or fp8
       layers that cast their weight per call, torch.compile): Linear(x) + Σ strength·delta(x, mask).
-    Everything device-side (merged weights, device copies of the adapter) is released when the
-    sampling run ends (ModelPatcher's ON_CLEANUP), so nothing lingers in VRAM.
+    Merged weights are released when the sampling run ends (ModelPatcher's ON_CLEANUP); the
+    adapter's device copies when the model leaves the device (ON_DETACH), so nothing lingers in
+    VRAM once ComfyUI unloads the model.
     """
 
     def __init__(self, applied: tuple[Applied, ...]) -> None:
@@ -230,44 +231,63 @@ class TLoRAStack:
         self.active_ranks: list[torch.Tensor | None] = [None] * len(applied)
         self.shared_ranks: list[int | None] = [None] * len(applied)  # None: rows differ
         self._own_layers = [dict(item.adapter.items()) for item in applied]
+        self.modules: list[torch.nn.Module] = []  # the adapted Linears, set by attach()
+        # device-side state; see release_run() and release()
         self._device_layers: dict[tuple[int, torch.device], dict[str, TLoRALayer]] = {}
-        self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
         self._plain: dict[tuple[int, str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._plain_host: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
+        self._merge_room: dict[torch.device, bool] = {}
         self._warned_unset = False
 
     def extended(self, item: Applied) -> "TLoRAStack":
         return TLoRAStack(self.applied + (item,))
 
-    def release(self, *_: Any) -> None:
-        """Drop merged weights and device copies (end of a sampling run)."""
+    def release_run(self, *_: Any) -> None:
+        """End of a sampling run (ON_CLEANUP): drop the merged weights, the big part."""
         self._merged.clear()
+        self._merge_room.clear()
+
+    def release(self, *_: Any) -> None:
+        """The model leaves the device (ON_DETACH): drop everything device-side, also the
+        adapter's device copies, which reruns on a loaded model keep using."""
+        self.release_run()
         self._plain.clear()
         self._device_layers.clear()
+        self._device_masks.clear()
 
     # called once per model call, from the APPLY_MODEL wrapper (or by the trainer via apply_model)
     def set_timesteps(self, timesteps: torch.Tensor) -> None:
-        """timesteps: (B,) one per batch row. Rows that share a rank share one (R,) mask."""
+        """timesteps: (B,) one per batch row. Rows that share a rank share one (R,) mask.
+
+        The schedule runs on the CPU: one device sync per model call, and the merged path needs
+        the ranks as Python ints anyway; masks reach a device once per call (``_mask``)."""
+        t = timesteps.detach().to("cpu", torch.float64)
         for i, item in enumerate(self.applied):
             schedule = item.adapter.schedule
-            ranks = schedule.rank_at(timesteps)
+            ranks = schedule.rank_at(t)
             self.active_ranks[i] = ranks
             if bool((ranks == ranks[0]).all()):
-                self.masks[i] = schedule.mask_at(timesteps[:1])[0]
+                self.masks[i] = schedule.mask_at(t[:1])[0]
                 self.shared_ranks[i] = int(ranks[0])
             else:
-                self.masks[i] = schedule.mask_at(timesteps)
+                self.masks[i] = schedule.mask_at(t)
                 self.shared_ranks[i] = None
+        self._device_masks.clear()
 
     def _mask(self, i: int, device: torch.device) -> torch.Tensor:
-        mask = self.masks[i]
-        if mask is None:
+        if self.masks[i] is None:
             if not self._warned_unset:
                 log.debug("T-LoRA: model run outside a sampler call; using the full-rank mask.")
                 self._warned_unset = True
             schedule = self.applied[i].adapter.schedule
-            mask = schedule.mask_at(0)
-            self.masks[i], self.shared_ranks[i] = mask, schedule.rank
-        return mask.to(device)
+            self.masks[i], self.shared_ranks[i] = schedule.mask_at(0), schedule.rank
+        key = (i, device)
+        mask = self._device_masks.get(key)
+        if mask is None:
+            mask = self._device_masks[key] = self.masks[i].to(device)  # type: ignore[union-attr]
+        return mask
 
     def _layers(self, i: int, device: torch.device) -> dict[str, TLoRALayer]:
         """The adapter's own layers when they already live on ``device`` (training, CPU); else a
@@ -296,20 +316,36 @@ class TLoRAStack:
         weight = module.weight
         if weight.dtype != x.dtype or weight.device != x.device or getattr(module, "scale_weight", None) is not None:
             return False  # fp8 storage, scaled fp8, or a weight that isn't used as is
-        if module not in self._merged and x.device.type != "cpu":
-            need = weight.numel() * weight.element_size()
-            if comfy.model_management.get_free_memory(x.device) < need + comfy.model_management.minimum_inference_memory():
-                return False  # no room for a merged copy: add the delta on activations instead
-        return True
+        return self._has_merge_room(x.device)
+
+    def _has_merge_room(self, device: torch.device) -> bool:
+        """Room for a merged copy of every adapted weight? Asked once per run; without room the
+        deltas go on the activations instead."""
+        if device.type == "cpu":
+            return True
+        if device not in self._merge_room:
+            need = sum(m.weight.numel() * m.weight.element_size() for m in self.modules)
+            free = comfy.model_management.get_free_memory(device)
+            self._merge_room[device] = free >= need + comfy.model_management.minimum_inference_memory()
+            if not self._merge_room[device]:
+                log.info("T-LoRA: no room on %s for merged weights (%.1f GiB); adding deltas on activations.", device, need / 2**30)
+        return self._merge_room[device]
 
     def _plain_factors(self, i: int, name: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(down, strength·up) of one layer as a plain LoRA, on the device in the weight's dtype."""
+        """(down, strength·up) of one layer as a plain LoRA in the weight's dtype, on the device.
+
+        Prepared once per stack in host memory; per device only copied (after ComfyUI unloads
+        and reloads the model, the device copy is made again from the host copy)."""
         key = (i, name, device, dtype)
         if key not in self._plain:
-            with torch.no_grad():
-                down, up = self._own_layers[i][name].plain_factors()
-                up = up * self.applied[i].strength
-                self._plain[key] = (down.to(device, dtype).contiguous(), up.to(device, dtype).contiguous())
+            host_key = (i, name, dtype)
+            if host_key not in self._plain_host:
+                with torch.no_grad():
+                    down, up = self._own_layers[i][name].plain_factors()
+                    up = up * self.applied[i].strength
+                    self._plain_host[host_key] = (down.to("cpu", dtype).contiguous(), up.to("cpu", dtype).contiguous())
+            down, up = self._plain_host[host_key]
+            self._plain[key] = (down.to(device), up.to(device))
         return self._plain[key]
 
     def _merged_weight(self, module: torch.nn.Module, slots: tuple, device: torch.device) -> torch.Tensor:
@@ -396,11 +432,14 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
     for module_path, module_slots in slots.items():
         module = comfy.utils.get_attr(model.model, module_path)
         model.add_object_patch(f"{module_path}.forward", _PatchedForward(stack, module, tuple(module_slots)))
+        stack.modules.append(module)
 
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(stack))
-    model.remove_callbacks_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY)
-    model.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, stack.release)
+    for event, callback in ((comfy.patcher_extension.CallbacksMP.ON_CLEANUP, stack.release_run),
+                            (comfy.patcher_extension.CallbacksMP.ON_DETACH, stack.release)):
+        model.remove_callbacks_with_key(event, KEY)
+        model.add_callback_with_key(event, KEY, callback)
     model.set_attachments(KEY, stack)
     return stack
 
