@@ -25,7 +25,7 @@ from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, load_tlora, save_tlora
-from ..tlora_core.trainer import Batch, Trainer, TrainingDiverged, TrainSettings
+from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
 from . import patching
 from .load import tlora_files
 from .types import CATEGORY, TLora, node_message
@@ -428,7 +428,7 @@ def train(
         sampler = _TrainSampler(trainer, capture, weights)
         try:
             guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)
-        except TrainingDiverged as err:
+        except (TrainingDiverged, NoGradient) as err:
             kept = f" ({callbacks.saved[-1]})" if callbacks.saved else ""
             raise RuntimeError(node_message(DISPLAY_NAME, err) + kept) from err
         finally:

@@ -154,15 +154,6 @@ class TLoRALayer(nn.Module):
         m = mask[: self.rank].to(self.q)
         return ortho_delta_weight(self.q, self.p, self.lam, self.q0, self.p0, self.lam0, m)
 
-    def delta_weight_at(self, rank: int) -> torch.Tensor:
-        """Merged weight delta (out, in) in float32 with the first ``rank`` components on: the
-        same as ``delta_weight`` of that mask, computed on the active components only."""
-        r = min(int(rank), self.rank)
-        if self.variant == "vanilla":
-            return vanilla_delta_weight(self.down[:r], self.up[:, :r], torch.ones_like(self.up[0, :r]))
-        ones = torch.ones_like(self.lam[:r])
-        return ortho_delta_weight(self.q[:r], self.p[:, :r], self.lam[:r], self.q0[:r], self.p0[:, :r], self.lam0[:r], ones)
-
     def plain_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer as a plain LoRA whose leading components are the active ones.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -95,24 +95,22 @@ def summarize_tlora(path: str) -> FileSummary:
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            if metadata.get("format") == FORMAT_NAME:
-                return FileSummary(
-                    FORMAT_NAME,
-                    metadata.get("variant", ""),
-                    _meta_int(metadata, "rank", path),
-                    _meta_int(metadata, "min_rank", path),
-                    float(metadata.get("schedule_power", "1.0")),
-                    metadata.get("model_family", ""),
-                    int(metadata.get("training_steps", "0") or 0),
-                )
             ranks = {
                 variant: max((f.get_slice(k).get_shape()[0] for k in f.keys() if k.endswith(suffix)), default=0)
                 for suffix, variant in (("_lora.down.weight", "vanilla"), ("_lora.q_layer.weight", "tlora"))
             }
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        if isinstance(err, TLoRAFileError):
-            raise
         raise TLoRAFileError(f"T-LoRA: {name} is not a readable safetensors file ({err}).") from err
+    if metadata.get("format") == FORMAT_NAME:
+        return FileSummary(
+            FORMAT_NAME,
+            metadata.get("variant", ""),
+            _meta_int(metadata, "rank", path),
+            _meta_int(metadata, "min_rank", path),
+            _meta_float(metadata, "schedule_power", path, 1.0),
+            metadata.get("model_family", ""),
+            _meta_int(metadata, "training_steps", path, 0),
+        )
     variant = "tlora" if ranks["tlora"] else "vanilla"
     if not ranks[variant]:
         raise TLoRAFileError(f"T-LoRA: {name} is neither a tlora-nodes file nor a reference T-LoRA file.")
@@ -200,14 +198,37 @@ def load_tlora(
     return loaded
 
 
-def _meta_int(metadata: Mapping[str, str], key: str, path: str) -> int:
+def _damaged_metadata(path: str, what: str) -> TLoRAFileError:
+    return TLoRAFileError(
+        f"T-LoRA: {os.path.basename(path)} has {what} in its metadata; the file is damaged. "
+        f"Re-save it with T-LoRA Train."
+    )
+
+
+def _meta_int(metadata: Mapping[str, str], key: str, path: str, default: int | None = None) -> int:
+    value = metadata.get(key)
+    if value in (None, "") and default is not None:
+        return default
     try:
-        return int(metadata[key])
-    except (KeyError, ValueError) as err:
-        raise TLoRAFileError(
-            f"T-LoRA: {os.path.basename(path)} has a missing or bad '{key}' in its metadata "
-            f"({metadata.get(key)!r}); the file is damaged. Re-save it with T-LoRA Train."
-        ) from err
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise _damaged_metadata(path, f"a missing or bad '{key}' ({metadata.get(key)!r})") from err
+
+
+def _meta_float(metadata: Mapping[str, str], key: str, path: str, default: float) -> float:
+    try:
+        return float(metadata.get(key, default))
+    except ValueError as err:
+        raise _damaged_metadata(path, f"a bad '{key}' ({metadata.get(key)!r})") from err
+
+
+def _layer_specs(metadata: Mapping[str, str], path: str) -> list[tuple[str, int, int]]:
+    """The stored layer list: [[name, in_features, out_features], ...]."""
+    try:
+        specs = json.loads(metadata["layers"])
+        return [(str(name), int(fan_in), int(fan_out)) for name, fan_in, fan_out in specs]
+    except (KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise _damaged_metadata(path, f"a missing or bad layer list ({err})") from err
 
 
 def _from_ours(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoadedFile:
@@ -218,30 +239,28 @@ def _from_ours(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, 
             f"T-LoRA: {name} was written by a newer tlora-nodes (format version {version}; this one reads "
             f"up to {FORMAT_VERSION}). Update the tlora-nodes pack."
         )
+    rank = _meta_int(metadata, "rank", path)
+    layer_specs = _layer_specs(metadata, path)
     try:
         config = TLoRAConfig(
             variant=metadata.get("variant", ""),
-            rank=_meta_int(metadata, "rank", path),
+            rank=rank,
             min_rank=_meta_int(metadata, "min_rank", path),
-            schedule_power=float(metadata.get("schedule_power", "1.0")),
+            schedule_power=_meta_float(metadata, "schedule_power", path, 1.0),
             init=metadata.get("init", "last"),
             model_family=metadata.get("model_family", ""),
             num_timesteps=_meta_int(metadata, "num_timesteps", path),
         )
-        layer_specs = json.loads(metadata["layers"])
-    except TLoRAFileError:
-        raise
-    except (KeyError, json.JSONDecodeError) as err:
-        raise TLoRAFileError(f"T-LoRA: {name} has damaged metadata ({err}). Re-save it with T-LoRA Train.") from err
-    except ValueError as err:
-        raise TLoRAFileError(f"T-LoRA: {name} has invalid metadata: {err}") from err
+        layers = {
+            layer_name: TLoRALayer(fan_in, fan_out, min(rank, fan_in, fan_out), config.variant)
+            for layer_name, fan_in, fan_out in layer_specs
+        }
+    except ValueError as err:  # TLoRAConfig / TLoRALayer say which value is wrong
+        raise TLoRAFileError(f"T-LoRA: {name} has invalid metadata: {str(err).removeprefix('T-LoRA: ')}") from err
 
     adapter_keys = {k for k in tensors if not k.startswith(TRAINING_PREFIX)}
     expected: set[str] = set()
-    layers: dict[str, TLoRALayer] = {}
-    for spec in layer_specs:
-        layer_name, fan_in, fan_out = spec[0], int(spec[1]), int(spec[2])
-        layer = TLoRALayer(fan_in, fan_out, min(config.rank, fan_in, fan_out), config.variant)
+    for layer_name, layer in layers.items():
         for param in PARAM_NAMES[config.variant]:
             key = f"{layer_name}.{param}"
             expected.add(key)
@@ -257,9 +276,8 @@ def _from_ours(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, 
             _check_finite(key, value, path)
             with torch.no_grad():
                 target.copy_(value.to(torch.float32))
-        layers[layer_name] = layer
     _check_keys(name, expected, adapter_keys)
-    adapter = TLoRA(config, layers, training_steps=int(metadata.get("training_steps", "0") or 0))
+    adapter = TLoRA(config, layers, training_steps=_meta_int(metadata, "training_steps", path, 0))
     training = {k[len(TRAINING_PREFIX) :]: v for k, v in tensors.items() if k.startswith(TRAINING_PREFIX)}
     return LoadedFile(adapter, FORMAT_NAME, metadata, training)
 
@@ -316,7 +334,9 @@ def _from_reference(path: str, tensors: dict[str, torch.Tensor]) -> LoadedFile:
             family = _CONTEXT_FAMILY.get(fan_in, "")
         layer = TLoRALayer(fan_in, fan_out, layer_rank, variant)
         for param in params:
-            value = found[param].reshape(getattr(layer, param).shape) if param.startswith("lam") else found[param]
+            value = found[param]
+            if param.startswith("lam") and value.numel() == layer_rank:  # stored as (1, r)
+                value = value.reshape(layer_rank)
             if tuple(value.shape) != tuple(getattr(layer, param).shape):
                 raise TLoRAFileError(
                     f"T-LoRA: {name}: {layer_name}.{param} has shape {tuple(value.shape)}, expected "
@@ -336,15 +356,29 @@ def _from_reference(path: str, tensors: dict[str, torch.Tensor]) -> LoadedFile:
 
 
 # -- writing --------------------------------------------------------------------------------------
+def _storage_dtype(storage_dtype: str) -> torch.dtype:
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"T-LoRA: storage dtype {storage_dtype!r} unknown; use one of {sorted(STORAGE_DTYPES)}.")
+    return STORAGE_DTYPES[storage_dtype]
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
-    """Write next to ``path`` and rename, so a crash or a full disk never leaves half a file there."""
+    """Write next to ``path``, flush it to disk and rename, so a crash, a power cut or a full disk
+    never leaves half a file under the final name (nor replaces a good one with it)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # ".part": a file left by a crash is not listed as a LoRA (ComfyUI lists *.safetensors)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors.part", dir=directory)
-    os.close(fd)
+    # ".part": a file left by a crash is not listed as a LoRA (ComfyUI lists *.safetensors).
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.safetensors.part")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    usual_mode = os.stat(tmp).st_mode & 0o777  # 0666 less the umask
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, usual_mode)  # safetensors writes owner-only files; a saved model is an ordinary file
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -378,9 +412,7 @@ def save_tlora(
     extra_metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Save in our format. training_state tensors are stored under ``training.`` (checkpoints)."""
-    if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"T-LoRA: storage dtype {storage_dtype!r} unknown; use one of {sorted(STORAGE_DTYPES)}.")
-    dtype = STORAGE_DTYPES[storage_dtype]
+    dtype = _storage_dtype(storage_dtype)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in adapter.items():
         for param in PARAM_NAMES[adapter.config.variant]:
@@ -423,7 +455,7 @@ def export_lora(adapter: TLoRA, rank: int | None = None) -> dict[str, torch.Tens
 
 def save_lora(path: str, adapter: TLoRA, rank: int | None = None, storage_dtype: str = "fp16") -> None:
     """Write ``export_lora`` to a file the stock LoraLoader reads."""
-    dtype = STORAGE_DTYPES[storage_dtype]
+    dtype = _storage_dtype(storage_dtype)
     tensors = {k: (v if k.endswith(".alpha") else v.to(dtype)) for k, v in export_lora(adapter, rank).items()}
     _atomic_save(tensors, {"exported_from": FORMAT_NAME, "export_rank": str(rank or adapter.config.rank)}, path)
 

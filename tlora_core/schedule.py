@@ -76,7 +76,3 @@ class RankSchedule:
         ranks = self.rank_at(timestep)
         positions = torch.arange(self.rank, device=ranks.device)
         return (positions < ranks.unsqueeze(-1)).to(torch.float32)
-
-    def distinct_ranks(self) -> int:
-        """How many different masks a whole sampling run can use (at most R - r_min + 1)."""
-        return self.rank - self.min_rank + 1

@@ -63,7 +63,8 @@ class Batch:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or a gradient became NaN/inf; the adapter keeps its last good values."""
+    """The loss or a gradient became NaN/inf; the adapter keeps its last good values, saved as
+    the checkpoint of the step before (unless that step was already saved)."""
 
     def __init__(self, step: int, loss: float, last_checkpoint_step: int) -> None:
         self.step = step
@@ -77,6 +78,10 @@ class TrainingDiverged(RuntimeError):
             f"T-LoRA: training diverged at step {step} (loss {loss}); {kept}. "
             f"Lower 'learning_rate' (e.g. by 10x) or use training_dtype fp32, then resume or retrain."
         )
+
+
+class NoGradient(RuntimeError):
+    """compute_gradients ran but no gradient reached the adapter: it isn't in the model's graph."""
 
 
 class Callbacks(Protocol):
@@ -181,17 +186,21 @@ class Trainer:
         noise = torch.randn((b, *self.sample_shape), generator=g)
         return Batch(self.step + 1, indices, timesteps, noise)
 
-    def _gradients_finite(self) -> bool:
+    def _gradients_finite(self, step: int) -> bool:
         grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            raise NoGradient(
+                f"T-LoRA: no gradient reached the adapter at step {step}: it is not part of the model's "
+                f"computation (not attached, or the model ran without autograd)."
+            )
         # one multi-tensor norm and one device sync, not a check per tensor: a NaN or inf
         # anywhere makes its tensor's norm non-finite
-        return bool(grads) and bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
     def _save(self, reason: str) -> None:
         if self.callbacks is not None:
             self.callbacks.save(self.step, reason)
-        if reason != "final":
-            self.last_checkpoint_step = self.step
+        self.last_checkpoint_step = self.step
 
     def run(self) -> TrainResult:
         if self.compute_gradients is None:
@@ -204,15 +213,21 @@ class Trainer:
                 if self.step > self.last_checkpoint_step:
                     self._save("cancelled")
                 return TrainResult(self.step, dict(self.losses), cancelled=True)
+            # a failed step is saved as if its draw never happened, so resuming retries this batch
+            rng_before = self.generator.get_state()
             batch = self.draw()
             self.optimizer.zero_grad(set_to_none=True)
             try:
                 loss = float(self.compute_gradients(batch))
+                finite = math.isfinite(loss) and self._gradients_finite(batch.step)
             except BaseException:
-                self._save_after_error()
+                self.generator.set_state(rng_before)
+                self._save_after_error("error")
                 raise
-            if not math.isfinite(loss) or not self._gradients_finite():
+            if not finite:
                 self.optimizer.zero_grad(set_to_none=True)
+                self.generator.set_state(rng_before)
+                self._save_after_error("diverged")
                 raise TrainingDiverged(batch.step, loss, self.last_checkpoint_step)
             self.optimizer.step()
             self.step = batch.step
@@ -224,12 +239,12 @@ class Trainer:
                 self._save("checkpoint")
         return TrainResult(self.step, dict(self.losses))
 
-    def _save_after_error(self) -> None:
-        """Keep what was learned when a step fails midway (out of memory, a crash in a callback);
-        the adapter still holds the values of the last completed step."""
+    def _save_after_error(self, reason: str) -> None:
+        """Keep what was learned when a step fails midway (out of memory, a crash in a callback,
+        divergence); the adapter still holds the values of the last completed step."""
         if self.step <= max(self.last_checkpoint_step, self.start_step):
             return
         try:
-            self._save("error")
+            self._save(reason)
         except Exception:  # the original error matters more than this one
             log.exception("T-LoRA: could not save the adapter after a failed step")

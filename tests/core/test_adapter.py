@@ -125,14 +125,23 @@ def test_raising_rank_only_adds_components(variant):
 
 
 @pytest.mark.parametrize("variant", ["tlora", "vanilla"])
-def test_delta_weight_at_a_rank_equals_the_masked_delta_weight(variant):
+def test_plain_factors_sliced_at_a_rank_give_the_masked_delta_weight(variant):
+    """The merged sampling path and the export use the adapter as a plain LoRA whose first
+    components(r) columns are rank r's: that slice must be the masked delta."""
     adapter = perturb(make(variant))
     for name, layer in adapter.items():
+        down, up = layer.plain_factors()
         for r in (0, 1, 7, 16, 20):
-            torch.testing.assert_close(layer.delta_weight_at(r), layer.delta_weight(all_masks(20)[r]), rtol=1e-5, atol=1e-6)
+            k = layer.components(r)
+            assert k == (2 * min(r, layer.rank) if variant == "tlora" else min(r, layer.rank))
+            torch.testing.assert_close(up[:, :k] @ down[:k], layer.delta_weight(all_masks(20)[r]), rtol=1e-5, atol=1e-6)
     fresh = make(variant)
     for name, layer in fresh.items():
-        assert torch.equal(layer.delta_weight_at(20), torch.zeros(layer.out_features, layer.in_features))
+        down, up = layer.plain_factors()
+        if variant == "vanilla":  # up starts at zero
+            assert torch.equal(up @ down, torch.zeros(layer.out_features, layer.in_features))
+        else:  # trained and frozen branches alternate with opposite signs
+            torch.testing.assert_close(up @ down, torch.zeros(layer.out_features, layer.in_features), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("init", ["last", "principal", "middle"])

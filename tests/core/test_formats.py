@@ -232,8 +232,68 @@ def test_bad_metadata_value_is_explained(tmp_path):
     path = str(tmp_path / "a.safetensors")
     save_tlora(path, make())
     rewrite(path, metadata={"variant": "lokr"})
-    with pytest.raises(TLoRAFileError, match="invalid metadata: T-LoRA: unknown variant 'lokr'"):
+    with pytest.raises(TLoRAFileError, match="invalid metadata: unknown variant 'lokr'"):
         load_tlora(path)
+
+
+@pytest.mark.parametrize(
+    "metadata,fragment",
+    [
+        ({"layers": '[["a.to_q", 8]]'}, "a missing or bad layer list"),
+        ({"layers": "not json"}, "a missing or bad layer list"),
+        ({"training_steps": "abc"}, "a missing or bad 'training_steps' \\('abc'\\)"),
+        ({"schedule_power": "fast"}, "a bad 'schedule_power' \\('fast'\\)"),
+        ({"rank": "sixty-four"}, "a missing or bad 'rank'"),
+    ],
+)
+def test_damaged_metadata_is_named_when_loading_and_summarising(tmp_path, metadata, fragment):
+    from tlora_nodes.tlora_core import summarize_tlora
+
+    path = str(tmp_path / "a.safetensors")
+    save_tlora(path, make())
+    rewrite(path, metadata=metadata)
+    with pytest.raises(TLoRAFileError, match=f"a.safetensors has {fragment}.*damaged. Re-save it"):
+        load_tlora(path)
+    if "layers" not in metadata:  # the summary reads only the header's scalar fields
+        with pytest.raises(TLoRAFileError, match=f"a.safetensors has {fragment}"):
+            summarize_tlora(path)
+
+
+def test_layer_list_with_an_impossible_layer_is_invalid_metadata(tmp_path):
+    path = str(tmp_path / "a.safetensors")
+    save_tlora(path, make())
+    rewrite(path, metadata={"layers": json.dumps([["a.to_q", 0, 40]])})
+    with pytest.raises(TLoRAFileError, match="invalid metadata: layer in_features \\(0\\) must be a whole number >= 1"):
+        load_tlora(path)
+
+
+def test_reference_lambda_of_the_wrong_size_is_named(tmp_path):
+    sd = reference_state_dict("tlora", rank=4)
+    key = "mid_block.attentions.0.transformer_blocks.3.attn1.processor.to_v_lora.lambda_layer"
+    sd[key] = torch.rand(1, 3)
+    path = str(tmp_path / "ref.safetensors")
+    save_file(sd, path)
+    with pytest.raises(TLoRAFileError, match=r"attn1\.to_v\.lam has shape \(1, 3\), expected \(4,\). The file is damaged"):
+        load_tlora(path, min_rank=2)
+
+
+def test_unknown_storage_dtype_is_refused_by_both_writers(tmp_path):
+    with pytest.raises(ValueError, match="storage dtype 'fp8' unknown"):
+        save_tlora(str(tmp_path / "a.safetensors"), make(), "fp8")
+    with pytest.raises(ValueError, match="storage dtype 'fp8' unknown"):
+        save_lora(str(tmp_path / "b.safetensors"), make(), storage_dtype="fp8")
+    assert os.listdir(tmp_path) == []
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_tlora(str(tmp_path / "a.safetensors"), make())
+        save_lora(str(tmp_path / "b.safetensors"), make())
+    finally:
+        os.umask(old)
+    for name in ("a.safetensors", "b.safetensors"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644  # readable by ComfyUI run as another user
 
 
 def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tlora_nodes.tlora_core import TLoRA, TLoRAConfig, load_tlora, save_tlora
-from tlora_nodes.tlora_core.trainer import Trainer, TrainingDiverged, TrainSettings
+from tlora_nodes.tlora_core.trainer import NoGradient, Trainer, TrainingDiverged, TrainSettings
 
 
 def toy(variant="vanilla", seed=0):
@@ -137,11 +137,26 @@ def test_divergence_names_the_step_and_keeps_the_last_good_values():
     snapshots = {}
     original_save = rec.save
     rec.save = lambda step, reason: (original_save(step, reason), snapshots.__setitem__(step, params(adapter)))
-    with pytest.raises(TrainingDiverged, match="diverged at step 4.*checkpoint of step 2 is kept.*Lower 'learning_rate'") as err:
+    with pytest.raises(TrainingDiverged, match="diverged at step 4.*checkpoint of step 3 is kept.*Lower 'learning_rate'") as err:
         trainer.run()
-    assert err.value.step == 4 and err.value.last_checkpoint_step == 2
+    assert err.value.step == 4 and err.value.last_checkpoint_step == 3
     assert trainer.step == 3  # step 4 was not applied
+    # the last good step (3) was not saved yet: it is, so nothing learned is lost
+    assert rec.saves == [(2, "checkpoint"), (3, "diverged")]
+    assert all(torch.equal(snapshots[3][k], v) for k, v in params(adapter).items())
     assert all(torch.isfinite(v).all() for v in params(adapter).values())
+
+
+def test_divergence_right_after_a_checkpoint_writes_nothing_new():
+    adapter, compute = toy()
+    rec = Recorder()
+    trainer = Trainer(
+        adapter, TrainSettings(steps=10, learning_rate=0.05, batch_size=2, save_every=2), 3, (16,),
+        lambda batch: float("nan") if batch.step == 3 else compute(batch), rec,
+    )
+    with pytest.raises(TrainingDiverged, match="diverged at step 3.*checkpoint of step 2 is kept"):
+        trainer.run()
+    assert rec.saves == [(2, "checkpoint")]
 
 
 def test_nan_gradient_is_divergence_too():
@@ -172,6 +187,44 @@ def test_a_failing_step_saves_progress_then_reraises():
     with pytest.raises(MemoryError):
         trainer.run()
     assert rec.saves == [(4, "error")]
+
+
+@pytest.mark.parametrize("failure", ["error", "diverged"])
+def test_resuming_after_a_failed_step_retries_its_batch_and_matches_the_uninterrupted_run(failure):
+    full, full_trainer, _ = train(8)
+    adapter, compute = toy()
+    rec = Recorder()
+    saved = {}
+
+    def fails_once_at_5(batch):
+        if batch.step == 5 and not saved:
+            if failure == "error":
+                raise MemoryError("out of memory")
+            compute(batch)
+            return float("nan")
+        return compute(batch)
+
+    settings = TrainSettings(steps=8, learning_rate=0.05, batch_size=2)
+    trainer = Trainer(adapter, settings, 3, (16,), fails_once_at_5, rec)
+    rec.save = lambda step, reason: saved.update(step=step, reason=reason, state=trainer.state_dict(), params=params(adapter))
+    with pytest.raises((MemoryError, TrainingDiverged)):
+        trainer.run()
+    assert (saved["step"], saved["reason"]) == (4, failure)
+    # resume from what was saved: the same result as a run that never failed
+    resumed, compute2 = toy()
+    resumed.load_state_dict(saved["params"])
+    trainer2 = Trainer(resumed, settings, 3, (16,), compute2)
+    trainer2.load_state_dict(saved["state"])
+    trainer2.run()
+    assert all(torch.equal(x, y) for x, y in zip(params(full).values(), params(resumed).values()))
+    assert trainer2.losses == full_trainer.losses
+
+
+def test_no_gradient_reaching_the_adapter_is_named_not_called_divergence():
+    adapter, _ = toy()
+    trainer = Trainer(adapter, TrainSettings(steps=3), 3, (16,), lambda batch: 1.0)
+    with pytest.raises(NoGradient, match="no gradient reached the adapter at step 1"):
+        trainer.run()
 
 
 @pytest.mark.parametrize(
