@@ -149,6 +149,7 @@ def layer_shapes(targets: dict[str, Target]) -> dict[str, tuple[int, int]]:
 def check_compatible(adapter: TLoRA, model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, Target]:
     """The targets the adapter's layers bind to; an error naming both sides if they don't fit."""
     family = model_family(model, node)
+    check_sampling(model, node)
     trained_for = adapter.config.model_family
     if trained_for and trained_for != family:
         raise ValueError(
@@ -181,21 +182,52 @@ def check_compatible(adapter: TLoRA, model: comfy.model_patcher.ModelPatcher, no
 
 
 # -- sigma -> timestep -------------------------------------------------------------------------------
+_FLOW = (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)
+
+
+def _is_supported(model_sampling: Any) -> bool:
+    return isinstance(model_sampling, _FLOW + (comfy.model_sampling.ModelSamplingDiscrete,))
+
+
+def _sampling_name(model_sampling: Any) -> str:
+    """ComfyUI names its sampling classes "ModelSampling" (a mix-in of parameterisation and
+    schedule): name the schedule part instead, e.g. ModelSamplingContinuousEDM."""
+    for cls in type(model_sampling).__mro__:
+        if cls.__module__ == comfy.model_sampling.__name__ and cls.__name__.startswith("ModelSampling") and cls.__name__ != "ModelSampling":
+            return cls.__name__
+    return type(model_sampling).__name__
+
+
+_SAMPLING_FIX = (
+    "T-LoRA's schedule needs the timesteps of discrete SD sampling (eps, v or lcm) or flow matching (FLUX); "
+    "continuous EDM/V models (e.g. Playground v2.5, CosXL) have none. Use another checkpoint, or remove the "
+    "model-sampling node that switched it."
+)
+
+
+def check_sampling(model: comfy.model_patcher.ModelPatcher, node: str) -> None:
+    model_sampling = model.get_model_object("model_sampling")
+    if not _is_supported(model_sampling):
+        raise ValueError(f"{node}: this MODEL samples with {_sampling_name(model_sampling)}. {_SAMPLING_FIX}")
+
+
 def sigma_to_timestep(model_sampling: Any, sigma: torch.Tensor) -> torch.Tensor:
     """The reference's t for each row's sigma (SPEC §2).
 
-    Discrete (SD1.5/SD2/SDXL, eps or v): the index of the closest training sigma, as
-    ``ModelSamplingDiscrete.timestep`` computes it (also for EDM variants, which override it).
+    Discrete (SD1.5/SD2/SDXL, eps or v): the model's own ``timestep(sigma)``, the index of the
+    closest training sigma (for LCM's 50-entry table, mapped back to 0..999 by the class itself).
     Flow (FLUX, SD3-style): t = 1000 * sigma, shift included since sigma is already shifted;
     rounded to 1e-3 so that sigma = t/1000 written in float32 gives back exactly t.
     """
-    if isinstance(model_sampling, (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)):
+    if isinstance(model_sampling, _FLOW):
         return torch.round(sigma.double() * 1000.0, decimals=3)
-    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscreteEDM):
+        # its timestep() is 0.25·log(sigma), not an index: use the closest entry of its table
         return comfy.model_sampling.ModelSamplingDiscrete.timestep(model_sampling, sigma).double()
+    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        return model_sampling.timestep(sigma).double()
     raise ValueError(
-        f"T-LoRA: can't map sigma to a timestep for {type(model_sampling).__name__} sampling "
-        f"(supported: discrete SD sampling and flow matching)."
+        f"T-LoRA: a node after Timestep-Aware Apply switched the model to {_sampling_name(model_sampling)}. {_SAMPLING_FIX}"
     )
 
 
@@ -219,7 +251,8 @@ class TLoRAStack:
       LoRA (``plain_factors``) held in the weight's dtype, accumulated in float32 by the GEMM and
       rounded once — below the weight's own rounding, so nothing is lost to the fp32 maths.
     - activation-side (everything else: training, rows at different ranks, lowvram or fp8
-      layers that cast their weight per call, torch.compile): Linear(x) + Σ strength·delta(x, mask).
+      layers that cast their weight per call, torch.compile, hook LoRAs that rewrite weights in
+      place per conditioning): Linear(x) + Σ strength·delta(x, mask).
     Merged weights are released when the sampling run ends (ModelPatcher's ON_CLEANUP); the
     adapter's device copies when the model leaves the device (ON_DETACH), so nothing lingers in
     VRAM once ComfyUI unloads the model.
@@ -239,6 +272,8 @@ class TLoRAStack:
         self._device_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
         self._merge_room: dict[torch.device, bool] = {}
+        self.weights_in_flux = False  # set per model call: weights patched in place (hooks) -> don't merge
+        self.call_memory = 0  # set per model call: ComfyUI's estimate of its activation memory (bytes)
         self._warned_unset = False
 
     def extended(self, item: Applied) -> "TLoRAStack":
@@ -309,7 +344,7 @@ class TLoRAStack:
 
     # -- merged path ------------------------------------------------------------------------------
     def _can_merge(self, module: torch.nn.Module, x: torch.Tensor) -> bool:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or None in self.shared_ranks:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or self.weights_in_flux or None in self.shared_ranks:
             return False
         if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
             return False  # lowvram / manual cast / other per-call weight functions
@@ -319,14 +354,16 @@ class TLoRAStack:
         return self._has_merge_room(x.device)
 
     def _has_merge_room(self, device: torch.device) -> bool:
-        """Room for a merged copy of every adapted weight? Asked once per run; without room the
-        deltas go on the activations instead."""
+        """Room for a merged copy of every adapted weight, beyond what ComfyUI reserved for this
+        call's activations when it loaded the model? Asked once per run; without room the deltas
+        go on the activations instead."""
         if device.type == "cpu":
             return True
         if device not in self._merge_room:
             need = sum(m.weight.numel() * m.weight.element_size() for m in self.modules)
             free = comfy.model_management.get_free_memory(device)
-            self._merge_room[device] = free >= need + comfy.model_management.minimum_inference_memory()
+            reserve = max(self.call_memory, comfy.model_management.minimum_inference_memory())
+            self._merge_room[device] = free >= need + reserve
             if not self._merge_room[device]:
                 log.info("T-LoRA: no room on %s for merged weights (%.1f GiB); adding deltas on activations.", device, need / 2**30)
         return self._merge_room[device]
@@ -405,6 +442,11 @@ def _apply_model_wrapper(stack: TLoRAStack) -> Callable[..., Any]:
     def wrapper(executor: Any, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         base_model = executor.class_obj
         stack.set_timesteps(sigma_to_timestep(base_model.model_sampling, t.reshape(-1)))
+        # Hook LoRAs (per-conditioning weight hooks) rewrite weights in place between the calls of
+        # one step: a merged copy would carry one cond's hook into the other's call.
+        patcher = getattr(base_model, "current_patcher", None)
+        stack.weights_in_flux = bool(patcher is not None and patcher.hook_patches)
+        stack.call_memory = int(base_model.memory_required(x.shape))
         return executor(x, t, *args, **kwargs)
 
     return wrapper
@@ -448,11 +490,11 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
 def timestep_to_sigma(model_sampling: Any, timesteps: torch.Tensor) -> torch.Tensor:
     """The sigma the trainer noises a sample to for its drawn timestep (SPEC §5): the model's own
     discrete table for SD models, sigma = t / 1000 for flow models."""
-    if isinstance(model_sampling, (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)):
+    if isinstance(model_sampling, _FLOW):
         return timesteps.to(torch.float32) / 1000.0
     if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
         return model_sampling.sigma(timesteps.to(torch.float32).to(model_sampling.sigmas.device))
-    raise ValueError(f"T-LoRA: can't train a model with {type(model_sampling).__name__} sampling.")
+    raise ValueError(f"T-LoRA Train: can't train a model that samples with {_sampling_name(model_sampling)}. {_SAMPLING_FIX}")
 
 
 class OutputCapture:

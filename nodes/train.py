@@ -24,7 +24,7 @@ import folder_paths
 from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
-from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, load_tlora, save_tlora
+from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tlora
 from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
 from . import patching
 from .load import tlora_files
@@ -36,6 +36,8 @@ DISPLAY_NAME = "T-LoRA Train"
 VARIANTS = {label: key for key, label in VARIANT_LABELS.items()}  # "T-LoRA" -> "tlora"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 NO_RESUME = "none"
+# metadata that an exact resume needs unchanged (warned about, not refused)
+RESUME_EXACT = ("learning_rate", "batch_size", "images", "training_dtype")
 PROGRESS_EVENT = "tlora.train.progress"
 
 
@@ -46,20 +48,45 @@ def training_target(model_sampling, sigma: torch.Tensor, noise: torch.Tensor, x0
     ε-prediction: the noise. v-prediction: (σd²·noise − σ·x0) / (σd·sqrt(σ² + σd²)), diffusers'
     velocity in ComfyUI's sigma parameterisation. Flow (CONST): the velocity noise − x0.
     """
-    s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
+    kind = prediction(model_sampling)
+    if kind == "flow":
         return noise - x0
-    if isinstance(model_sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)):
-        raise ValueError(
-            f"{DISPLAY_NAME}: {type(model_sampling).__name__.replace('ModelSampling', '')} models (EDM / x0 "
-            f"prediction) are not supported; train on an ε-, v- or flow-prediction checkpoint."
-        )
-    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+    if kind == "v":
+        s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         sd = float(model_sampling.sigma_data)
         return (sd**2 * noise - s * x0) / (sd * torch.sqrt(s**2 + sd**2))
+    return noise
+
+
+def prediction(model_sampling) -> str:
+    """"eps", "v" or "flow": what the model predicts; an error for what T-LoRA Train can't train."""
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return "flow"
+    if isinstance(model_sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)):
+        raise ValueError(
+            f"{DISPLAY_NAME}: this MODEL predicts {'EDM-style' if isinstance(model_sampling, comfy.model_sampling.EDM) else 'x0'} "
+            f"outputs; T-LoRA Train trains ε-, v- and flow-prediction models. Use such a checkpoint, or remove "
+            f"the model-sampling node that switched it."
+        )
+    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+        return "v"
     if isinstance(model_sampling, comfy.model_sampling.EPS):
-        return noise
+        return "eps"
     raise ValueError(f"{DISPLAY_NAME}: can't train a model with {type(model_sampling).__name__} prediction.")
+
+
+def check_trainable(model, samples: torch.Tensor) -> None:
+    """Everything about the model and the latents that would otherwise fail only after the
+    model is loaded and the adapter initialised."""
+    patching.check_sampling(model, DISPLAY_NAME)
+    prediction(model.get_model_object("model_sampling"))
+    channels = model.model.latent_format.latent_channels
+    if samples.dim() != 4 or samples.shape[1] != channels:
+        got = f"{samples.shape[1]} channels" if samples.dim() == 4 else f"shape {tuple(samples.shape)}"
+        raise ValueError(
+            f"{DISPLAY_NAME}: the latents have {got}, this {patching.family_name(patching.model_family(model, DISPLAY_NAME))} "
+            f"model needs {channels}. Encode the images with this model's VAE (VAE Encode)."
+        )
 
 
 def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
@@ -147,10 +174,14 @@ class _NodeCallbacks:
         return self.interrupted or comfy.model_management.processing_interrupted()
 
     def save(self, step: int, reason: str) -> None:
-        trainer = self.trainer
+        """A resumable checkpoint (adapter, optimizer and RNG state)."""
         path = self.files.checkpoint(step, reason)
+        self.write(path, self.trainer.state_dict())
+        log.info("T-LoRA: saved %s (step %d, %s)", path, step, reason)
+
+    def write(self, path: str, training_state: dict | None) -> None:
         try:
-            save_tlora(path, trainer.adapter, "fp32", training_state=trainer.state_dict(), extra_metadata=self.metadata)
+            save_tlora(path, self.trainer.adapter, "fp32", training_state=training_state, extra_metadata=self.metadata)
         except OSError as err:
             previous = self.saved[-1] if self.saved else "none written yet"
             raise OSError(
@@ -158,7 +189,6 @@ class _NodeCallbacks:
                 f"checkpoint ({previous}), which is intact."
             ) from err
         self.saved.append(self.files.relative(path))
-        log.info("T-LoRA: saved %s (step %d, %s)", path, step, reason)
 
 
 def _init_progress(node_id: str | None):
@@ -333,6 +363,7 @@ class TLoRATrain(io.ComfyNode):
         if training_dtype not in DTYPES:
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
         samples = latents["samples"]
+        check_trainable(model, samples)
         if len(positive) not in (1, samples.shape[0]):
             raise ValueError(
                 f"{DISPLAY_NAME}: got {samples.shape[0]} latents but {len(positive)} conditionings. Connect one "
@@ -360,9 +391,14 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, patching.Tar
     if path is None:
         raise FileNotFoundError(f"{DISPLAY_NAME}: resume_from '{path_name}' is not in the loras folder any more.")
     try:
-        loaded = load_tlora(path)
+        loaded = read_tlora(path)
     except ValueError as err:
         raise ValueError(node_message(DISPLAY_NAME, err)) from err
+    if loaded.needs_schedule:
+        raise ValueError(
+            f"{DISPLAY_NAME}: resume_from '{path_name}' was trained by the reference trainer and has no optimizer "
+            f"or RNG state to continue from. Use it with T-LoRA Load, or start a new run (resume_from = none)."
+        )
     got = loaded.adapter.config
     differences = [
         f"{field} {getattr(got, field)!r} (this node: {getattr(config, field)!r})"
@@ -384,6 +420,15 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, patching.Tar
     return loaded
 
 
+def _warn_if_resumed_differently(path_name: str, stored: dict[str, str], now: dict[str, str]) -> None:
+    """Settings that a resume may change on purpose (a lower learning rate after divergence),
+    but then it no longer continues exactly the run it came from: say so."""
+    changed = [f"{k} {stored[k]} -> {now[k]}" for k in RESUME_EXACT if k in stored and stored[k] != now[k]]
+    if changed:
+        log.warning("T-LoRA Train: resuming '%s' with changed %s; the result will differ from an uninterrupted run.",
+                    path_name, ", ".join(changed))
+
+
 def train(
     model, samples: torch.Tensor, positive, settings: TrainSettings, config: TLoRAConfig, dtype: torch.dtype,
     gradient_checkpointing: bool, weights: torch.Tensor | None, filename_prefix: str, resume_from: str | None,
@@ -402,6 +447,7 @@ def train(
     with torch.inference_mode(False):
         if resume_from is not None:
             loaded = _resume(resume_from, config, targets)
+            _warn_if_resumed_differently(resume_from, loaded.metadata, metadata)
             adapter, state = loaded.adapter, loaded.training_state
         else:
             shapes = patching.layer_shapes(targets)
@@ -440,8 +486,11 @@ def train(
 
         adapter.to(model.offload_device)
         final = files.final()
-        save_tlora(final, adapter, "fp32", extra_metadata=metadata)
+        callbacks.write(final, None)
         log.info("T-LoRA: trained %d steps, saved %s", result.steps_done, final)
+        if callbacks.should_stop():  # Cancel during the last step: the run is complete and saved; stop the graph
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise comfy.model_management.InterruptProcessingException()
 
     out_model = model.clone()
     patching.attach(out_model, adapter, 1.0, DISPLAY_NAME)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -130,6 +132,48 @@ def test_stock_lora_before_or_after_gives_the_same_sum(tiny, helpers, tmp_path):
     for stacked in (before, after):
         got = helpers.denoise_at(stacked, "sd15", sigma)
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4 * want.abs().max().item())
+
+
+def test_hook_lora_on_one_conditioning_stays_on_that_conditioning(tiny, helpers):
+    """Hook LoRAs rewrite the weights in place for each conditioning's call; the T-LoRA must add
+    to whatever weight that call has. Reference: the same adapter at a fixed rank, as a hook on
+    both conditionings (ComfyUI's own mechanism throughout)."""
+    import comfy.hooks
+
+    from tlora_nodes.tlora_core import export_lora
+
+    model = tiny.build("sd15")
+    ours = helpers.make_adapter(model, rank=8, min_rank=8, seed=1)  # one rank: a plain LoRA
+    other = helpers.make_adapter(model, variant="vanilla", rank=4, min_rank=4, seed=2)
+    other_hook = comfy.hooks.create_hook_lora(export_lora(other), 1.0, 1.0)
+    ours_hook = comfy.hooks.create_hook_lora(export_lora(ours), 1.0, 1.0)
+    pos, neg = tiny.conditioning("sd15")
+
+    got = tiny.sample(apply(helpers, model, ours), "sd15", steps=3,
+                      positive=comfy.hooks.set_hooks_for_conditioning(pos, other_hook), negative=neg)
+    both = other_hook.clone_and_combine(ours_hook)
+    want = tiny.sample(model, "sd15", steps=3, positive=comfy.hooks.set_hooks_for_conditioning(pos, both),
+                       negative=comfy.hooks.set_hooks_for_conditioning(neg, ours_hook))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_merged_weights_only_when_they_fit_beside_the_calls_activations(tiny, helpers, monkeypatch):
+    import comfy.model_management
+
+    from tlora_nodes.nodes.patching import get_stack
+
+    model = tiny.build("sd15")
+    stack = get_stack(apply(helpers, model, helpers.make_adapter(model)))
+    need = sum(m.weight.numel() * m.weight.element_size() for m in stack.modules)
+    monkeypatch.setattr(comfy.model_management, "minimum_inference_memory", lambda: 100)
+    gpu = torch.device("cuda", 0)  # a device object only: nothing is allocated
+    for free, activations, fits in ((need + 100, 0, True), (need + 99, 0, False),
+                                    (need + 5000, 5000, True), (need + 4999, 5000, False)):
+        monkeypatch.setattr(comfy.model_management, "get_free_memory", lambda device, f=free: f)
+        stack.release_run()  # asked once per run
+        stack.call_memory = activations
+        assert stack._has_merge_room(gpu) is fits, (free - need, activations)
+    assert stack._has_merge_room(torch.device("cpu"))
 
 
 def test_two_tloras_stack(tiny, helpers, patching):
@@ -332,6 +376,40 @@ def test_tlora_for_other_layer_shapes_is_refused(tiny, helpers):
     adapter = helpers.make_adapter(tiny.build("sd2"), family="sd15")  # SD2 context width, labelled SD1.5
     with pytest.raises(ValueError, match=r"made for other layer shapes.*T-LoRA 1024->320, model 768->320"):
         apply(helpers, sd15, adapter)
+
+
+def test_lcm_sampling_maps_its_50_step_table_back_to_the_1000_training_timesteps(tiny, helpers):
+    """LCM's model sampling keeps every 20th training sigma (t = 19, 39, ..., 999); its own
+    timestep() maps back to those t. Independently: the closest of those training sigmas."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    model = tiny.build("sd15")
+    full = torch.log(model.model.model_sampling.sigmas.double())
+    kept = torch.arange(19, 1000, 20)
+    lcm = ModelSamplingDiscrete().patch(model, "lcm", False)[0]
+    adapter = helpers.make_adapter(model, rank=16, min_rank=3)
+    patched = apply(helpers, lcm, adapter)
+    log = helpers.CallLog(patched)
+    tiny.sample(patched, "sd15", sampler="lcm", scheduler="sgm_uniform", steps=6)
+    assert len(log.calls) == 6
+    for sigmas, ranks in log.calls:
+        for sigma, rank in zip(sigmas, ranks):
+            t = int(kept[(full[kept] - math.log(sigma)).abs().argmin()])
+            assert rank == int(adapter.schedule.rank_at(t)), (sigma, t, rank)
+    assert min(r for _, ranks in log.calls for r in ranks) <= 5  # high noise really gets a low rank
+
+
+def test_continuous_edm_models_are_refused_when_applied_and_when_switched_later(tiny, helpers):
+    from comfy_extras.nodes_model_advanced import ModelSamplingContinuousEDM
+
+    model = tiny.build("sdxl")
+    adapter = helpers.make_adapter(model)
+    edm = ModelSamplingContinuousEDM().patch(model, "edm", 120.0, 0.002)[0]
+    with pytest.raises(ValueError, match="Timestep-Aware Apply: this MODEL samples with ModelSamplingContinuousEDM. T-LoRA's schedule needs"):
+        apply(helpers, edm, adapter)
+    switched = ModelSamplingContinuousEDM().patch(apply(helpers, model, adapter), "edm", 120.0, 0.002)[0]
+    with pytest.raises(ValueError, match="a node after Timestep-Aware Apply switched the model to ModelSamplingContinuousEDM"):
+        tiny.sample(switched, "sdxl", steps=2)
 
 
 def test_unsupported_model_is_refused_with_the_list(tiny, helpers):

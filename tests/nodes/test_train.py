@@ -99,6 +99,19 @@ def test_cancel_keeps_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(t
     assert resumed_loss["loss"] == full_loss["loss"]
 
 
+def test_cancel_during_the_last_step_saves_the_run_and_stops_the_graph(tiny, helpers, loras_dir, monkeypatch):
+    import comfy.model_management
+
+    from tlora_nodes.tlora_core import load_tlora
+
+    interrupt_at(monkeypatch, 3)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        train(helpers, tiny, tiny.build("sd15"), "sd15", steps=3)
+    assert not comfy.model_management.processing_interrupted()
+    assert saved_files(loras_dir) == ["tlora/test_00001_.safetensors"]  # complete, so the final file
+    assert load_tlora(str(loras_dir / "tlora/test_00001_.safetensors")).adapter.training_steps == 3
+
+
 def test_checkpoints_every_n_steps_are_resumable_files(tiny, helpers, loras_dir):
     from tlora_nodes.tlora_core import load_tlora
 
@@ -270,6 +283,42 @@ def test_resume_file_for_another_rank_or_model_is_refused(tiny, helpers, loras_d
         train(helpers, tiny, tiny.build("sdxl"), "sdxl", resume_from=checkpoint)
     with pytest.raises(ValueError, match="has no optimizer/RNG state"):
         train(helpers, tiny, tiny.build("sd15"), "sd15", resume_from="tlora/test_00001_.safetensors")
+
+
+def test_resume_from_a_reference_file_says_it_has_no_training_state(tiny, helpers, loras_dir):
+    from safetensors.torch import save_file
+
+    from tests.core.sdxl_layout import reference_state_dict
+
+    save_file(reference_state_dict("tlora", rank=8), str(loras_dir / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(ValueError, match="T-LoRA Train: resume_from 'pytorch_lora_weights.safetensors' was trained by the reference trainer.*Use it with T-LoRA Load"):
+        train(helpers, tiny, tiny.build("sdxl"), "sdxl", resume_from="pytorch_lora_weights.safetensors")
+
+
+def test_resume_with_another_learning_rate_continues_and_warns(tiny, helpers, loras_dir, caplog):
+    train(helpers, tiny, tiny.build("sd15"), "sd15", steps=2, save_every=1)
+    with caplog.at_level("WARNING"):
+        _, resumed, _ = train(helpers, tiny, tiny.build("sd15"), "sd15", steps=2, learning_rate=0.01,
+                              resume_from="tlora/test_00001_step00001.safetensors")
+    assert resumed.training_steps == 2
+    assert "resuming 'tlora/test_00001_step00001.safetensors' with changed learning_rate 0.02 -> 0.01" in caplog.text
+
+
+def test_latents_of_another_model_and_untrainable_sampling_are_refused_before_any_work(tiny, helpers, loras_dir, monkeypatch):
+    from comfy_extras.nodes_model_advanced import ModelSamplingContinuousEDM, ModelSamplingDiscrete
+
+    from tlora_nodes.tlora_core import TLoRA
+
+    monkeypatch.setattr(TLoRA, "create", lambda *a, **k: pytest.fail("initialised an adapter for a run that can't work"))
+    with pytest.raises(ValueError, match="T-LoRA Train: the latents have 4 channels, this FLUX.1 model needs 16. Encode the images with this model's VAE"):
+        train(helpers, tiny, tiny.build("flux"), "flux", latents=torch.zeros(1, 4, 8, 8))
+    edm = ModelSamplingContinuousEDM().patch(tiny.build("sdxl"), "edm", 120.0, 0.002)[0]
+    with pytest.raises(ValueError, match="T-LoRA Train: this MODEL samples with ModelSamplingContinuousEDM. .*continuous EDM/V models"):
+        train(helpers, tiny, edm, "sdxl")
+    x0 = ModelSamplingDiscrete().patch(tiny.build("sd15"), "x0", False)[0]
+    with pytest.raises(ValueError, match="T-LoRA Train: this MODEL predicts x0 outputs"):
+        train(helpers, tiny, x0, "sd15")
+    assert saved_files(loras_dir) == []
 
 
 def test_divergence_stops_keeps_the_last_checkpoint_and_names_the_step(tiny, helpers, loras_dir, monkeypatch):
