@@ -12,6 +12,7 @@ what T-LoRA Load uses then (half the rank), schedule_power 1.0.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -77,7 +78,9 @@ def register() -> None:
     @server.routes.get(ROUTE)
     async def tlora_info(request):
         try:
-            return web.json_response(lookup(request.rel_url.query.get("name", "")))
+            # file I/O off the event loop: a slow (network) disk must not stall the server
+            info = await asyncio.to_thread(lookup, request.rel_url.query.get("name", ""))
+            return web.json_response(info)
         except InfoError as err:
             return web.json_response({"error": str(err)}, status=err.status)
 

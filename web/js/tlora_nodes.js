@@ -280,8 +280,12 @@ function fitHeight(node) {
 
 // -- live loss --------------------------------------------------------------------------------------------
 function findNode(id) {
-  const local = String(id).split(":").pop();
-  return app.graph?.getNodeById(id) ?? app.graph?.getNodeById(local) ?? app.canvas?.graph?.getNodeById(local) ?? null;
+  const text = String(id);
+  if (!text.includes(":")) return app.graph?.getNodeById(text) ?? null;
+  // "outer:inner": a node inside a subgraph, drawn only while that subgraph is open (never a
+  // root node that happens to share the inner id)
+  const graph = app.canvas?.graph;
+  return graph && graph !== app.graph ? graph.getNodeById(text.split(":").pop()) ?? null : null;
 }
 
 function onProgress({ detail }) {
