@@ -243,8 +243,9 @@ class TLoRAStack:
     """The adapters one patched MODEL carries and the masks of its current model call.
 
     Two ways to add the deltas, chosen per layer and per call:
-    - merged (sampling): without autograd, when every row of the call shares one rank and the
-      layer computes with its own resident float weight, the layer runs F.linear with
+    - merged (sampling): without autograd, when every row of the call shares one rank, the
+      layer computes with its own resident float weight and the adapters cover all of its output
+      rows (not FLUX's fused linear1, 4/7 MLP rows), the layer runs F.linear with
       W + Σ strength·ΔW(r), merged once per rank (there are at most R − r_min + 1 of them in a
       run) and kept until the rank changes. Per model call this costs what a merged LoRA costs;
       per rank change one addmm per layer: W + up[:, :k] @ down[:k] with the adapter as a plain
@@ -265,6 +266,9 @@ class TLoRAStack:
         self.shared_ranks: list[int | None] = [None] * len(applied)  # None: rows differ
         self._own_layers = [dict(item.adapter.items()) for item in applied]
         self.modules: list[torch.nn.Module] = []  # the adapted Linears, set by attach()
+        # those whose adapted rows are the whole weight: merging copies nothing the adapter leaves
+        # alone (FLUX single blocks' fused linear1 is 3/7 q,k,v and 4/7 MLP rows: not merged)
+        self.mergeable: set[torch.nn.Module] = set()
         # device-side state; see release_run() and release()
         self._device_layers: dict[tuple[int, torch.device], dict[str, TLoRALayer]] = {}
         self._plain: dict[tuple[int, str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -346,6 +350,8 @@ class TLoRAStack:
     def _can_merge(self, module: torch.nn.Module, x: torch.Tensor) -> bool:
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or self.weights_in_flux or None in self.shared_ranks:
             return False
+        if module not in self.mergeable:
+            return False
         if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
             return False  # lowvram / manual cast / other per-call weight functions
         weight = module.weight
@@ -360,7 +366,7 @@ class TLoRAStack:
         if device.type == "cpu":
             return True
         if device not in self._merge_room:
-            need = sum(m.weight.numel() * m.weight.element_size() for m in self.modules)
+            need = sum(m.weight.numel() * m.weight.element_size() for m in self.mergeable)
             free = comfy.model_management.get_free_memory(device)
             reserve = max(self.call_memory, comfy.model_management.minimum_inference_memory())
             self._merge_room[device] = free >= need + reserve
@@ -452,6 +458,16 @@ def _apply_model_wrapper(stack: TLoRAStack) -> Callable[..., Any]:
     return wrapper
 
 
+def _covers_all_rows(slot_rows: list[tuple[int, int] | None], out_features: int) -> bool:
+    """Do these slots (None = the whole weight, else (offset, size) row ranges) adapt every row?"""
+    covered = 0
+    for offset, size in sorted(r if r is not None else (0, out_features) for r in slot_rows):
+        if offset > covered:
+            return False
+        covered = max(covered, offset + size)
+    return covered >= out_features
+
+
 def get_stack(model: comfy.model_patcher.ModelPatcher) -> TLoRAStack | None:
     return model.get_attachment(KEY)
 
@@ -475,6 +491,8 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
         module = comfy.utils.get_attr(model.model, module_path)
         model.add_object_patch(f"{module_path}.forward", _PatchedForward(stack, module, tuple(module_slots)))
         stack.modules.append(module)
+        if _covers_all_rows([rows for _, _, rows in module_slots], module.weight.shape[0]):
+            stack.mergeable.add(module)
 
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(stack))

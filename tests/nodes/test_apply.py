@@ -90,6 +90,28 @@ def test_merged_path_and_activation_path_agree(tiny, helpers, patching, monkeypa
     assert_same_effect(merged, activation, plain)
 
 
+def test_flux_merges_fused_qkv_but_never_copies_linear1s_mlp_rows(tiny, helpers, patching, monkeypatch):
+    """Double blocks' qkv is all q, k and v rows: merged. Single blocks' linear1 is q, k, v and
+    the MLP input: a merged copy would be 4/7 untouched rows, so its deltas go on the activations."""
+    from tlora_nodes.nodes.patching import _covers_all_rows
+
+    assert _covers_all_rows([None], 6) and _covers_all_rows([(0, 2), (2, 2), (4, 2)], 6)
+    assert _covers_all_rows([(2, 4), (0, 3)], 6) and not _covers_all_rows([(0, 2), (3, 3)], 6)
+    assert not _covers_all_rows([(0, 2), (2, 2), (4, 2)], 14)
+
+    model = tiny.build("flux")
+    patched = apply(helpers, model, helpers.make_adapter(model, rank=8, min_rank=2))
+    names = {id(m): n for n, m in model.model.named_modules()}
+    merged = set()
+    original = patching.TLoRAStack._merged_weight
+    monkeypatch.setattr(patching.TLoRAStack, "_merged_weight",
+                        lambda self, module, *a: merged.add(names[id(module)]) or original(self, module, *a))
+    tiny.sample(patched, "flux", steps=2)
+    assert any(n.endswith("img_attn.qkv") for n in merged) and any(n.endswith("txt_attn.qkv") for n in merged)
+    assert any(".single_blocks." in n for n, _ in model.model.named_modules())
+    assert not any(n.endswith("linear1") for n in merged)
+
+
 @pytest.mark.parametrize("variant", ["tlora", "vanilla"])
 def test_min_rank_equal_rank_matches_stock_lora_loader_on_the_export(tiny, helpers, variant, tmp_path):
     import comfy.sd
