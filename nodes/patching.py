@@ -276,7 +276,7 @@ class TLoRAStack:
         self._device_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
         self._merge_room: dict[torch.device, bool] = {}
-        self.weights_in_flux = False  # set per model call: weights patched in place (hooks) -> don't merge
+        self.weights_rewritten_per_call = False  # set per model call: weights patched in place (hooks) -> don't merge
         self.call_memory = 0  # set per model call: ComfyUI's estimate of its activation memory (bytes)
         self._warned_unset = False
 
@@ -348,10 +348,10 @@ class TLoRAStack:
 
     # -- merged path ------------------------------------------------------------------------------
     def _can_merge(self, module: torch.nn.Module, x: torch.Tensor) -> bool:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or self.weights_in_flux or None in self.shared_ranks:
-            return False
-        if module not in self.mergeable:
-            return False
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or None in self.shared_ranks:
+            return False  # training, compiled graphs, rows at different ranks
+        if self.weights_rewritten_per_call or module not in self.mergeable:
+            return False  # hook LoRAs; fused layers the adapters cover only in part
         if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
             return False  # lowvram / manual cast / other per-call weight functions
         weight = module.weight
@@ -451,7 +451,7 @@ def _apply_model_wrapper(stack: TLoRAStack) -> Callable[..., Any]:
         # Hook LoRAs (per-conditioning weight hooks) rewrite weights in place between the calls of
         # one step: a merged copy would carry one cond's hook into the other's call.
         patcher = getattr(base_model, "current_patcher", None)
-        stack.weights_in_flux = bool(patcher is not None and patcher.hook_patches)
+        stack.weights_rewritten_per_call = bool(patcher is not None and patcher.hook_patches)
         stack.call_memory = int(base_model.memory_required(x.shape))
         return executor(x, t, *args, **kwargs)
 
