@@ -9,6 +9,7 @@ the architecture and the resolution, not on what the weights learned.
 from __future__ import annotations
 
 import argparse
+import logging
 import contextlib
 import copy
 import datetime
@@ -98,6 +99,18 @@ def load_pack():
     sys.modules[PACKAGE] = module
     spec.loader.exec_module(module)
     return module
+
+
+def start(args: argparse.Namespace) -> Path:
+    """What every ComfyUI benchmark does first: logging, ComfyUI importable for the chosen device,
+    torch's thread count, the pack loaded. Returns the ComfyUI checkout used."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    comfyui = find_comfyui(args.comfyui)
+    setup_comfyui(comfyui, args.device)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    load_pack()
+    return comfyui
 
 
 def common_arguments(parser: argparse.ArgumentParser, resolution: int, steps: int, repeats: int) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 from pathlib import Path
 
@@ -53,12 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    comfyui = c.find_comfyui(args.comfyui)
-    c.setup_comfyui(comfyui, args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    c.load_pack()
+    comfyui = c.start(args)
     dtype = c.resolve_dtype(args)
     device = c.torch_device(args)
 

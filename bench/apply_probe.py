@@ -14,7 +14,6 @@ then one profiled run of ``tlora`` (top ops by self device and self CPU time).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -29,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     c.common_arguments(p, resolution=256, steps=4, repeats=3)
     p.add_argument("--profile-steps", type=int, default=4)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    c.setup_comfyui(c.find_comfyui(args.comfyui), args.device)
-    c.load_pack()
+    c.start(args)
     dtype, device = c.resolve_dtype(args), c.torch_device(args)
 
     import comfy.sample

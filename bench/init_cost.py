@@ -7,7 +7,6 @@ model's layer shapes, as T-LoRA Train runs it (``svd_device`` = the model's devi
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -26,10 +25,7 @@ def main() -> None:
     p.add_argument("--comfyui", default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    comfyui = c.find_comfyui(args.comfyui)
-    c.setup_comfyui(comfyui, args.device)
-    c.load_pack()
+    comfyui = c.start(args)
     device = c.torch_device(args)
 
     import comfy.model_patcher

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import resource
 import subprocess
@@ -142,12 +141,7 @@ def _reset_peak_rss() -> bool:
 
 
 def worker(args: argparse.Namespace) -> dict:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    comfyui = c.find_comfyui(args.comfyui)
-    c.setup_comfyui(comfyui, args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    c.load_pack()
+    c.start(args)
     dtype = c.resolve_dtype(args)
     if args.dtype not in NODE_DTYPES:
         raise SystemExit(f"bench: the training nodes take fp32 or bf16, not {args.dtype}.")
