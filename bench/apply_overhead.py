@@ -45,6 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scheduler", default="normal")
     p.add_argument("--profile", action="store_true",
                    help="after timing: count the FLOPs of, and profile, one 1-step run of each contender")
+    p.add_argument("--activation-side", action="store_true",
+                   help="time Timestep-Aware Apply on its activation-side path (what lowvram, fp8 and hook-LoRA "
+                        "models use) instead of the merged one")
     p.add_argument("--whatif", default="", help="comma list of bench-only proposals to time as extra contenders "
                    "(bench/proposals.py): fused, fused-lowp; each gets its own copy of the weights")
     return p.parse_args(argv)
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{'fast' if args.fast_init else 'SVD'} init in {t_adapter:.1f}s")
 
         model_a = base.clone()
-        patching.attach(model_a, adapter, 1.0, "bench")
+        stack_a = patching.attach(model_a, adapter, 1.0, "bench")
+        if args.activation_side:  # this stack only: as if every layer cast its weight per call
+            stack_a._can_merge = lambda module, x: False
 
         lora_sd = export_lora(adapter)
         model_b, _ = comfy.sd.load_lora_for_models(c.copy_model(base), None, lora_sd, 1.0, 0)
@@ -170,6 +175,7 @@ def summarize(args, device, comfyui, params, shape, adapter, warmup, times, diff
     result = {
         "benchmark": "apply_overhead",
         "compared": "Timestep-Aware Apply (patching.attach) vs stock LoraLoader (export_lora + load_lora_for_models)",
+        "tlora_path": "activation-side (forced)" if args.activation_side else "as chosen (merged where it can)",
         "arch": args.arch,
         "params": params,
         "resolution": args.resolution,

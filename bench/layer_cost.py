@@ -1,7 +1,10 @@
-"""Cost of one adapted Linear on its own: the base layer, the product's T-LoRA delta
-(``TLoRALayer.delta``: four rank-R GEMMs, mask multiplies and a subtraction) and the fused
-proposal of bench/proposals.py (two GEMMs of rank 2r), at the token counts and widths of SD1.5's
-attention levels. Median of 5 x 20 calls, float32, CPU.
+"""Cost of one adapted Linear on its own: the base layer, and the base layer plus the T-LoRA
+delta three ways: two-branch (``TLoRALayer.delta``: four rank-R GEMMs, mask multiplies and a
+subtraction; what training uses), masked plain LoRA (the 2R interleaved components of
+``plain_factors`` with the mask repeated per component: two GEMMs and one multiply; what the
+product uses for a frozen adapter on the activation side) and sliced plain LoRA (only the 2r
+active components: fewer FLOPs, but a shape that changes with the rank), at the token counts and
+widths of SD1.5's attention levels. Median of 5 x 20 calls, float32, CPU.
 
     python bench/layer_cost.py [--threads N] [--active-rank 40]
 """
@@ -32,6 +35,7 @@ def main() -> None:
     c.load_pack()  # tlora_core only: no ComfyUI needed
     import proposals
     from tlora_nodes.tlora_core import TLoRALayer
+    from tlora_nodes.tlora_core.functional import scaled_lora
 
     print(f"torch {torch.__version__}, {c.cpu_model()}, {torch.get_num_threads()} threads, rank {args.rank}, "
           f"active rank {args.active_rank}, batch {args.batch}")
@@ -45,10 +49,13 @@ def main() -> None:
         mask = torch.cat([torch.ones(args.active_rank), torch.zeros(args.rank - args.active_rank)])
         down, up_t = proposals._interleaved(layer, 1.0)
         n = 2 * args.active_rank
+        plain_down, plain_up = (t.detach().contiguous() for t in layer.plain_factors())
+        plain_mask = mask.repeat_interleave(2)
         cases = {
             "base Linear": lambda: lin(x),
-            "+ product delta": lambda: lin(x) + layer.delta(x, mask),
-            "+ fused delta": lambda: lin(x) + torch.matmul(F.linear(x, down[:n]), up_t[:n]),
+            "+ two-branch delta": lambda: lin(x) + layer.delta(x, mask),
+            "+ masked plain LoRA": lambda: lin(x) + scaled_lora(x, plain_down, plain_up, plain_mask),
+            "+ sliced plain LoRA": lambda: lin(x) + torch.matmul(F.linear(x, down[:n]), up_t[:n]),
         }
         out = {}
         with torch.inference_mode():

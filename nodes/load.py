@@ -34,6 +34,7 @@ def read_cached(path: str) -> LoadedFile:
         _cache.move_to_end(key)
         return _cache[key]
     loaded = read_tlora(path)
+    loaded.adapter.requires_grad_(False)  # a loaded adapter is for sampling; T-LoRA Train reads its own copy
     _cache[key] = loaded
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)

@@ -6,7 +6,13 @@ call into the reference's timestep t and sets the rank masks r(t) for that call.
 adds the T-LoRA deltas in one of two ways (TLoRAStack picks per layer and call):
 
     merged          y = F.linear(x, W + Σ strength·ΔW(r))     ΔW merged once per rank change
-    activation-side y = Linear(x) + Σ strength·delta(x, mask)  (tlora_core does delta)
+    activation-side y = Linear(x) + Σ strength·delta(x, mask)
+
+The activation-side delta is, for a frozen adapter, the adapter as one plain LoRA of 2R
+interleaved components (``TLoRALayer.plain_factors``, float32, strength folded in) with the
+mask repeated per component: two GEMMs and one multiply. While T-LoRA Train trains the adapter
+it is ``TLoRALayer.delta``: the two Ortho branches apart, so autograd computes no weight
+gradient for the frozen branch and the delta is exactly zero at init.
 
 Merged serves sampling: no autograd, one rank for all rows of the call, a resident float
 weight. A run uses at most R − r_min + 1 ranks, so it costs one addmm per layer per rank
@@ -49,7 +55,8 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.utils
 
-from ..tlora_core import TLoRA, TLoRALayer
+from ..tlora_core import TLoRA
+from ..tlora_core.functional import scaled_lora
 
 log = logging.getLogger(__name__)
 
@@ -265,15 +272,16 @@ class TLoRAStack:
         self.active_ranks: list[torch.Tensor | None] = [None] * len(applied)
         self.shared_ranks: list[int | None] = [None] * len(applied)  # None: rows differ
         self._own_layers = [dict(item.adapter.items()) for item in applied]
+        # one parameter per adapter: it requires grad while T-LoRA Train trains the adapter
+        self._a_parameter = [next(item.adapter.parameters()) for item in applied]
         self.modules: list[torch.nn.Module] = []  # the adapted Linears, set by attach()
         # those whose adapted rows are the whole weight: merging copies nothing the adapter leaves
         # alone (FLUX single blocks' fused linear1 is 3/7 q,k,v and 4/7 MLP rows: not merged)
         self.mergeable: set[torch.nn.Module] = set()
         # device-side state; see release_run() and release()
-        self._device_layers: dict[tuple[int, torch.device], dict[str, TLoRALayer]] = {}
         self._plain: dict[tuple[int, str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._plain_host: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._device_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._device_masks: dict[tuple[int, torch.device, bool], torch.Tensor] = {}
         self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
         self._merge_room: dict[torch.device, bool] = {}
         self.weights_rewritten_per_call = False  # set per model call: weights patched in place (hooks) -> don't merge
@@ -290,10 +298,9 @@ class TLoRAStack:
 
     def release(self, *_: Any) -> None:
         """The model leaves the device (ON_DETACH): drop everything device-side, also the
-        adapter's device copies, which reruns on a loaded model keep using."""
+        adapter's factors on the device, which reruns on a loaded model keep using."""
         self.release_run()
         self._plain.clear()
-        self._device_layers.clear()
         self._device_masks.clear()
 
     # called once per model call, from the APPLY_MODEL wrapper (or by the trainer via apply_model)
@@ -315,36 +322,30 @@ class TLoRAStack:
                 self.shared_ranks[i] = None
         self._device_masks.clear()
 
-    def _mask(self, i: int, device: torch.device) -> torch.Tensor:
+    def _mask(self, i: int, device: torch.device, components: bool = False) -> torch.Tensor:
+        """This call's (R,) or (B, R) rank mask on ``device``; with ``components`` the same over
+        the adapter's plain-LoRA components (``plain_factors``: Ortho's two branches interleaved,
+        so each rank entry is repeated twice)."""
         if self.masks[i] is None:
             if not self._warned_unset:
                 log.debug("T-LoRA: model run outside a sampler call; using the full-rank mask.")
                 self._warned_unset = True
             schedule = self.applied[i].adapter.schedule
             self.masks[i], self.shared_ranks[i] = schedule.mask_at(0), schedule.rank
-        key = (i, device)
+        key = (i, device, components)
         mask = self._device_masks.get(key)
         if mask is None:
-            mask = self._device_masks[key] = self.masks[i].to(device)  # type: ignore[union-attr]
+            mask = self.masks[i]
+            if components and self.applied[i].adapter.config.variant == "tlora":
+                mask = mask.repeat_interleave(2, dim=-1)  # type: ignore[union-attr]
+            mask = self._device_masks[key] = mask.to(device)  # type: ignore[union-attr]
         return mask
 
-    def _layers(self, i: int, device: torch.device) -> dict[str, TLoRALayer]:
-        """The adapter's own layers when they already live on ``device`` (training, CPU); else a
-        frozen copy on that device, made once per run, so the adapter object the user loaded
-        stays where it is."""
-        own = self._own_layers[i]
-        if next(next(iter(own.values())).parameters()).device == device:
-            return own
-        key = (i, device)
-        if key not in self._device_layers:
-            with torch.no_grad():
-                copies = {}
-                for name, layer in own.items():
-                    copy = TLoRALayer(layer.in_features, layer.out_features, layer.rank, layer.variant)
-                    copy.load_state_dict(layer.state_dict())
-                    copies[name] = copy.requires_grad_(False).to(device)
-            self._device_layers[key] = copies
-        return self._device_layers[key]
+    def _training(self, i: int, device: torch.device) -> bool:
+        """Is adapter i being trained by this call (T-LoRA Train: autograd on, its parameters
+        trainable and on the call's device)?"""
+        parameter = self._a_parameter[i]
+        return torch.is_grad_enabled() and parameter.requires_grad and parameter.device == device
 
     # -- merged path ------------------------------------------------------------------------------
     def _can_merge(self, module: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -375,7 +376,8 @@ class TLoRAStack:
         return self._merge_room[device]
 
     def _plain_factors(self, i: int, name: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(down, strength·up) of one layer as a plain LoRA in the weight's dtype, on the device.
+        """(down, strength·up) of one layer as a plain LoRA in ``dtype`` (the weight's for
+        merging, float32 for the activation side), on the device.
 
         Prepared once per stack in host memory; per device only copied (after ComfyUI unloads
         and reloads the model, the device copy is made again from the host copy)."""
@@ -421,10 +423,14 @@ class TLoRAStack:
             return torch.nn.functional.linear(x, self._merged_weight(module, slots, x.device), module.bias)
         y = type(module).forward(module, x, *args, **kwargs)
         for i, name, rows in slots:
-            delta = self._layers(i, x.device)[name].delta(x, self._mask(i, x.device))
-            strength = self.applied[i].strength
-            if strength != 1.0:
-                delta = delta * strength
+            if self._training(i, x.device):  # the exact two-branch delta, with autograd
+                delta = self._own_layers[i][name].delta(x, self._mask(i, x.device))
+                if self.applied[i].strength != 1.0:
+                    delta = delta * self.applied[i].strength
+            else:  # frozen: the prepared plain LoRA in float32, masked (fixed shapes: no recompiles)
+                down, up = self._plain_factors(i, name, x.device, torch.float32)
+                mask = self._mask(i, x.device, components=True)[..., : down.shape[0]]
+                delta = scaled_lora(x.to(torch.float32), down, up, mask).to(x.dtype)
             if rows is None:
                 y = y + delta
             else:
