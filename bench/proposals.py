@@ -18,6 +18,10 @@ multiply the (.., 2R) intermediate by the interleaved per-row mask instead of sl
 autograd on (training) it falls back to the product path. Factors are dropped at the end of every
 sampling run (ON_CLEANUP), like the product's merged weights.
 
+Since 4bc89c7 the product's own activation side for a frozen adapter is this form over all 2R
+components with the mask repeated per component (fixed shapes for torch.compile); "fused" slices
+to the active 2r instead.
+
 "fused-lowp": the same with factors and GEMMs in the activation dtype (bf16/fp16) instead of
 float32 (SPEC §3 asks for float32 adapter maths; this trades that for speed on GPUs).
 
