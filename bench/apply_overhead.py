@@ -45,11 +45,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scheduler", default="normal")
     p.add_argument("--profile", action="store_true",
                    help="after timing: count the FLOPs of, and profile, one 1-step run of each contender")
-    p.add_argument("--activation-side", action="store_true",
-                   help="time Timestep-Aware Apply on its activation-side path (what lowvram, fp8 and hook-LoRA "
-                        "models use) instead of the merged one")
     p.add_argument("--whatif", default="", help="comma list of bench-only proposals to time as extra contenders "
-                   "(bench/proposals.py): fused, fused-lowp; each gets its own copy of the weights")
+                   "(bench/proposals.py): fused, fused-lowp, merge-reuse, each on its own copy of the weights; and "
+                   "activation: the product held on its activation-side path (what lowvram, fp8 and hook-LoRA "
+                   "models use)")
     return p.parse_args(argv)
 
 
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{'fast' if args.fast_init else 'SVD'} init in {t_adapter:.1f}s")
 
         model_a = base.clone()
-        stack_a = patching.attach(model_a, adapter, 1.0, "bench")
-        if args.activation_side:  # this stack only: as if every layer cast its weight per call
-            stack_a._can_merge = lambda module, x: False
+        patching.attach(model_a, adapter, 1.0, "bench")
 
         lora_sd = export_lora(adapter)
         model_b, _ = comfy.sd.load_lora_for_models(c.copy_model(base), None, lora_sd, 1.0, 0)
@@ -100,6 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         contenders = {"tlora": model_a, "lora": model_b}
         for variant in [v.strip() for v in args.whatif.split(",") if v.strip()]:
+            if variant == "activation":  # the product itself, held on its activation side (no weight copy needed)
+                model_w = base.clone()
+                stack_w = patching.attach(model_w, adapter, 1.0, "bench")
+                stack_w._can_merge = lambda module, x: False  # as if every layer cast its weight per call
+                contenders["whatif:activation"] = model_w
+                continue
             import proposals
 
             model_w = c.copy_model(base).clone()
@@ -175,7 +178,6 @@ def summarize(args, device, comfyui, params, shape, adapter, warmup, times, diff
     result = {
         "benchmark": "apply_overhead",
         "compared": "Timestep-Aware Apply (patching.attach) vs stock LoraLoader (export_lora + load_lora_for_models)",
-        "tlora_path": "activation-side (forced)" if args.activation_side else "as chosen (merged where it can)",
         "arch": args.arch,
         "params": params,
         "resolution": args.resolution,

@@ -24,7 +24,7 @@ BUDGET_S=${BUDGET_S:-330}   # optional parts start only before this many seconds
 # WHATIF=fused WARMUP=1 TRAIN_MEASURE=1 COMFY_MEASURE=1 LIMIT_SCALE=3 BUDGET_S=1500): the GPU run
 # uses the defaults.
 DEVICE=${DEVICE:-cuda}; ARCH=${ARCH:-sdxl}; RES=${RES:-1024}; STEPS=${STEPS:-25}; DTYPE=${DTYPE:-bf16}
-WHATIF=${WHATIF:-fused,fused-lowp,merge-reuse}; WARMUP=${WARMUP:-2}; TRAIN_MEASURE=${TRAIN_MEASURE:-5}; COMFY_MEASURE=${COMFY_MEASURE:-3}
+WHATIF=${WHATIF:-activation,fused-lowp}; WARMUP=${WARMUP:-2}; TRAIN_MEASURE=${TRAIN_MEASURE:-5}; COMFY_MEASURE=${COMFY_MEASURE:-3}
 LIMIT_SCALE=${LIMIT_SCALE:-1}  # multiplies every time limit (a slow CPU rehearsal needs more)
 START=$SECONDS
 
@@ -50,9 +50,10 @@ part() {  # part NAME SECONDS command...: run with a hard limit, log to $OUT/NAM
 part import_check 45 $PY bench/import_check.py --device $DEVICE
 
 # 1) Timestep-Aware Apply vs stock LoraLoader: 25 steps of euler at 1024², cfg 5 (cond+uncond in one
-#    batch of 2), 3 interleaved repeats; plus the bench-only proposals of bench/proposals.py as
-#    extra contenders (own weight copies; 5 x 5 GB). --fast-init: adapter values without the SVD,
-#    timing-neutral (init_cost below measures the SVD).
+#    batch of 2), 3 interleaved repeats; as extra contenders the product held on its activation-side
+#    path (what lowvram, fp8 and hook-LoRA models use: is it cheaper than merging per rank change?)
+#    and the bench-only proposal fused-lowp (the same in bf16 instead of float32; own weight copy,
+#    5 GB). --fast-init: adapter values without the SVD, timing-neutral (init_cost measures the SVD).
 part apply_overhead 240 $PY bench/apply_overhead.py --arch $ARCH --device $DEVICE --dtype $DTYPE \
     --resolution $RES --steps $STEPS --repeats 3 --fast-init --whatif "$WHATIF" --profile \
     --json "$OUT/apply_overhead_$ARCH.json"
