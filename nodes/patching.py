@@ -458,7 +458,8 @@ def _apply_model_wrapper(stack: TLoRAStack) -> Callable[..., Any]:
         # one step: a merged copy would carry one cond's hook into the other's call.
         patcher = getattr(base_model, "current_patcher", None)
         stack.weights_rewritten_per_call = bool(patcher is not None and patcher.hook_patches)
-        stack.call_memory = int(base_model.memory_required(x.shape))
+        if not stack._merge_room:  # only until this run's room is decided (once per run)
+            stack.call_memory = int(base_model.memory_required(x.shape))
         return executor(x, t, *args, **kwargs)
 
     return wrapper
