@@ -146,7 +146,11 @@ def find_targets(model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str
         targets[name] = Target(name, module_path, rows, int(weight.shape[1]), out_features)
     if not targets:
         raise ValueError(f"{node}: found no attention layers to adapt in this {family_name(family)} model.")
-    return targets
+    # The model's own module order (then row offset in a fused weight), not the mapping's:
+    # unet_to_diffusers iterates sets, so its order changes with Python's hash seed, and the
+    # adapter's per-layer init follows this order (a seed must give the same adapter every run).
+    position = {path: i for i, (path, _) in enumerate(model.model.named_modules())}
+    return dict(sorted(targets.items(), key=lambda item: (position[item[1].module], item[1].rows or (0, 0))))
 
 
 def layer_shapes(targets: dict[str, Target]) -> dict[str, tuple[int, int]]:

@@ -206,6 +206,40 @@ def test_each_family_trains_a_few_steps(tiny, helpers, loras_dir, kind):
     assert not torch.equal(tiny.sample(trained, kind, steps=2), tiny.sample(model, kind, steps=2))
 
 
+_SEEDED_ADAPTER = """
+import sys
+sys.path[:0] = [{root!r}]
+from tests import conftest  # imports the pack as tlora_nodes, like ComfyUI
+from tests.comfyui_env import prepare_in_process
+prepare_in_process(conftest.COMFYUI_PATH)
+from tests.nodes import tiny
+from tlora_nodes.nodes import patching
+from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
+model = tiny.build("sdxl")
+shapes = patching.layer_shapes(patching.find_targets(model, "test"))
+adapter = TLoRA.create(TLoRAConfig(rank=8, min_rank=4, model_family="sdxl"), shapes, seed=7)
+print([(name, round(float(layer.q.sum()), 6)) for name, layer in adapter.items()])
+"""
+
+
+def test_a_seed_gives_the_same_adapter_in_every_process():
+    """The adapter's init draws layer after layer, so the layer order must not depend on the
+    process: ComfyUI's UNet name mapping iterates sets, whose order follows PYTHONHASHSEED."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    outputs = []
+    for hash_seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        done = subprocess.run([sys.executable, "-c", _SEEDED_ADAPTER.format(root=str(ROOT))], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout.strip().splitlines()[-1])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
 def test_bf16_training_runs(tiny, helpers, loras_dir):
     _, adapter, loss = train(helpers, tiny, tiny.build("sd15"), "sd15", steps=3, training_dtype="bf16")
     assert all(torch.isfinite(torch.tensor(loss["loss"])))
