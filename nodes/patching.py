@@ -288,6 +288,7 @@ class TLoRAStack:
         self._device_masks: dict[tuple[int, torch.device, bool], torch.Tensor] = {}
         self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
         self._merge_room: dict[torch.device, bool] = {}
+        self.training = False  # set by T-LoRA Train on its training clone's stack
         self.weights_rewritten_per_call = False  # set per model call: weights patched in place (hooks) -> don't merge
         self.call_memory = 0  # set per model call: ComfyUI's estimate of its activation memory (bytes)
         self._warned_unset = False
@@ -346,15 +347,16 @@ class TLoRAStack:
         return mask
 
     def _training(self, i: int, device: torch.device) -> bool:
-        """Is adapter i being trained by this call (T-LoRA Train: autograd on, its parameters
-        trainable and on the call's device)?"""
+        """Is adapter i being trained (T-LoRA Train's clone, the adapter's parameters trainable
+        and on the call's device)? Also under no_grad: a checkpointed block first runs without
+        autograd and must compute what its recomputation will."""
         parameter = self._a_parameter[i]
-        return torch.is_grad_enabled() and parameter.requires_grad and parameter.device == device
+        return self.training and parameter.requires_grad and parameter.device == device
 
     # -- merged path ------------------------------------------------------------------------------
     def _can_merge(self, module: torch.nn.Module, x: torch.Tensor) -> bool:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or None in self.shared_ranks:
-            return False  # training, compiled graphs, rows at different ranks
+        if torch.is_grad_enabled() or self.training or torch.compiler.is_compiling() or None in self.shared_ranks:
+            return False  # autograd or training, compiled graphs, rows at different ranks
         if self.weights_rewritten_per_call or module not in self.mergeable:
             return False  # hook LoRAs; fused layers the adapters cover only in part
         if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None) or getattr(module, "bias_function", None):
@@ -567,23 +569,56 @@ def _as_saved(tensor: torch.Tensor) -> torch.Tensor:
 class _TrainingForward:
     """Object patch for one top-level block during training.
 
-    checkpoint: activation checkpointing (recomputed in backward). Tensor arguments are cloned
-    inside the checkpointed function so a block that updates its inputs in place can't corrupt
-    the saved inputs the recomputation starts from.
-    Without checkpointing, in-place blocks run with saved tensors copied, for the same reason."""
+    checkpoint: activation checkpointing, reentrant: the block first runs without autograd (no
+    graph, nothing saved) and again with autograd during backward. PyTorch's non-reentrant form
+    instead records the graph twice and sends every tensor saved for backward through Python
+    pack/unpack hooks, which on a GPU costs more host time than the block's kernels take
+    (bench/RESULTS.md). The reentrant form passes gradients through its positional tensor inputs
+    only, so every tensor argument is passed positionally; an adapted block whose inputs need
+    no gradient (the first one) gets a dummy input that does, so that its adapters' gradients
+    flow; a block with no adapter and no such input runs without autograd.
+    inplace: the block updates tensors in place (FLUX: ``txt += ...``), which autograd refuses
+    for tensors it saved, and which would corrupt what a recomputation starts from: it runs on
+    copies of its tensor arguments, with the tensors it saves for backward copied too.
+    """
 
-    def __init__(self, module: torch.nn.Module, checkpoint: bool) -> None:
+    def __init__(self, module: torch.nn.Module, checkpoint: bool, adapted: bool, inplace: bool) -> None:
         self.module = module
         self.checkpoint = checkpoint
+        self.adapted = adapted  # holds adapted layers
+        self.inplace = inplace
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
-        return type(self.module).forward(self.module, *map(_own, args), **{k: _own(v) for k, v in kwargs.items()})
+        forward = type(self.module).forward
+        if not self.inplace:
+            return forward(self.module, *args, **kwargs)
+        with torch.autograd.graph.saved_tensors_hooks(_copy_saved, _as_saved):
+            return forward(self.module, *map(_own, args), **{k: _own(v) for k, v in kwargs.items()})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.checkpoint:
-            return torch.utils.checkpoint.checkpoint(self._run, *args, use_reentrant=False, **kwargs)
-        with torch.autograd.graph.saved_tensors_hooks(_copy_saved, _as_saved):
-            return type(self.module).forward(self.module, *args, **kwargs)
+        if self.checkpoint and torch.is_grad_enabled():
+            return _checkpointed(self._run, args, kwargs, self.adapted)
+        return self._run(*args, **kwargs)
+
+
+def _checkpointed(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], adapted: bool) -> Any:
+    keys = list(kwargs)
+    values = [*args, *kwargs.values()]
+    where = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    tensors = [values[i] for i in where]
+    if not adapted and not any(t.requires_grad for t in tensors):
+        with torch.no_grad():  # nothing in or before this block is trained: no graph to keep
+            return fn(*args, **kwargs)
+
+    def run(*given: torch.Tensor) -> Any:
+        filled = list(values)
+        for i, tensor in zip(where, given):
+            filled[i] = tensor
+        return fn(*filled[: len(args)], **dict(zip(keys, filled[len(args) :])))
+
+    if not any(t.requires_grad for t in tensors):  # the first adapted block: see _TrainingForward
+        tensors.append(torch.ones((), requires_grad=True))
+    return torch.utils.checkpoint.checkpoint(run, *tensors, use_reentrant=True)
 
 
 def add_training_patches(model: comfy.model_patcher.ModelPatcher, gradient_checkpointing: bool) -> int:
@@ -596,8 +631,13 @@ def add_training_patches(model: comfy.model_patcher.ModelPatcher, gradient_check
         return 0
     blocks = find_all_highest_child_module_with_forward(model.model.diffusion_model)
     paths = {id(m): n for n, m in model.model.named_modules()}
+    stack = get_stack(model)
+    adapted_modules = set(map(id, stack.modules)) if stack is not None else set()
+    inplace = model_family(model, "T-LoRA Train") in INPLACE_FAMILIES
     for block in blocks:
-        model.add_object_patch(f"{paths[id(block)]}.forward", _TrainingForward(block, gradient_checkpointing))
+        adapted = any(id(m) in adapted_modules for m in block.modules())
+        patch = _TrainingForward(block, gradient_checkpointing, adapted, inplace)
+        model.add_object_patch(f"{paths[id(block)]}.forward", patch)
     return len(blocks)
 
 

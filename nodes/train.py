@@ -462,7 +462,7 @@ def train(
 
         train_model = model.clone()
         train_model.set_model_compute_dtype(dtype)
-        patching.attach(train_model, adapter, 1.0, DISPLAY_NAME)
+        patching.attach(train_model, adapter, 1.0, DISPLAY_NAME).training = True
         capture = patching.OutputCapture(train_model)
         patching.add_training_patches(train_model, gradient_checkpointing)
         train_model.model.requires_grad_(False)

@@ -206,6 +206,31 @@ def test_each_family_trains_a_few_steps(tiny, helpers, loras_dir, kind):
     assert not torch.equal(tiny.sample(trained, kind, steps=2), tiny.sample(model, kind, steps=2))
 
 
+@pytest.mark.parametrize("kind", ["sdxl", "flux"])
+def test_gradient_checkpointing_gives_the_gradients_of_plain_backprop(tiny, helpers, loras_dir, kind):
+    """Checkpointed blocks first run without autograd and recompute in backward (reentrant);
+    every adapter layer, also those of the first adapted block (whose inputs need no gradient)
+    and FLUX's in-place blocks, must get the gradient it gets without checkpointing."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    runs = []
+    for checkpointing in (False, True):
+        grads: list[list[torch.Tensor]] = []
+        hook = register_optimizer_step_pre_hook(
+            lambda optimizer, *_, grads=grads: grads.append([p.grad.clone() for group in optimizer.param_groups for p in group["params"]]))
+        try:
+            train(helpers, tiny, tiny.build(kind), kind, steps=2, variant="T-LoRA", batch_size=2,
+                  gradient_checkpointing=checkpointing, filename_prefix=f"tlora/ckpt{int(checkpointing)}")
+        finally:
+            hook.remove()
+        runs.append(grads[0])  # the first step: same adapter, same batch in both runs
+    plain, checkpointed = runs
+    assert len(plain) == len(checkpointed)
+    for index, (want, got) in enumerate(zip(plain, checkpointed)):
+        assert want.abs().max() > 0, f"parameter {index} got no gradient"
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()), msg=f"parameter {index}")
+
+
 _SEEDED_ADAPTER = """
 import sys
 sys.path[:0] = [{root!r}]
