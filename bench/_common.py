@@ -50,7 +50,13 @@ UNET_CONFIGS = {
         use_temporal_attention=False, use_temporal_resblock=False,
     ),
 }
-CONTEXT = {"sd15": (77, 768), "sdxl": (77, 2048)}
+# SDXL's layer graph at 1/10 of its width (context 256 wide): the same 560 adapted projections in the same blocks, so
+# the same number of ops, autograd nodes and Python calls per step, at a fraction of the FLOPs.
+# At a small resolution its step time on a CPU is the host-side cost of an SDXL step (what an
+# H100 step is bound by, bench/RESULTS.md), measurable without a GPU.
+UNET_CONFIGS["sdxl-host"] = dict(UNET_CONFIGS["sdxl"], model_channels=32, num_head_channels=16, context_dim=256)
+CONTEXT = {"sd15": (77, 768), "sdxl": (77, 2048), "sdxl-host": (77, 256)}
+CONFIG_CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "sdxl-host": "SDXL"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -165,7 +171,7 @@ def build_model(arch: str, dtype: torch.dtype, device: torch.device, seed: int =
     import comfy.model_patcher
     import comfy.supported_models
 
-    config_class = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}[arch]
+    config_class = getattr(comfy.supported_models, CONFIG_CLASSES[arch])
     model_config = config_class(dict(UNET_CONFIGS[arch], dtype=dtype))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
@@ -193,7 +199,7 @@ def conditioning(arch: str, resolution: int, seed: int, scale: float = 1.0, batc
     g = torch.Generator().manual_seed(seed)
     tokens, width = CONTEXT[arch]
     extra: dict = {}
-    if arch == "sdxl":
+    if arch.startswith("sdxl"):
         extra = {"pooled_output": torch.randn(batch, 1280, generator=g) * scale, "width": resolution,
                  "height": resolution, "target_width": resolution, "target_height": resolution}
     return [[torch.randn(batch, tokens, width, generator=g) * scale, extra]]

@@ -34,7 +34,7 @@ def main() -> None:
     from tlora_nodes.nodes import patching
     from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
 
-    config_class = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}[args.arch]
+    config_class = getattr(comfy.supported_models, c.CONFIG_CLASSES[args.arch])
     model_config = config_class(dict(c.UNET_CONFIGS[args.arch], dtype=torch.float16))
     with torch.device("meta"):  # only the layer shapes are needed
         model = model_config.get_model({})

@@ -48,8 +48,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
-CONTENDERS = ("tlora", "comfy")
-LABELS = {"tlora": "T-LoRA Train", "comfy": "ComfyUI TrainLoraNode"}
+CONTENDERS = ("tlora", "comfy", "tlora-nonreentrant")
+LABELS = {"tlora": "T-LoRA Train", "comfy": "ComfyUI TrainLoraNode",
+          "tlora-nonreentrant": "T-LoRA Train, non-reentrant checkpointing (what-if)"}
 NODE_DTYPES = {"fp32": "fp32", "bf16": "bf16"}  # what both nodes accept as training_dtype
 
 
@@ -62,7 +63,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-rank", type=int, default=32)
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps dropped before timing (>= 1)")
     p.add_argument("--measure", type=int, default=2, help="timed optimizer steps per subprocess")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of: tlora, comfy")
+    p.add_argument("--contenders", default="tlora,comfy",
+                   help="comma list of: tlora, comfy, tlora-nonreentrant (T-LoRA Train with PyTorch's non-reentrant "
+                        "checkpointing, as ComfyUI's own trainer does and as T-LoRA Train did before; needs "
+                        "--gradient-checkpointing)")
     p.add_argument("--reference-lora-dtype", choices=sorted(NODE_DTYPES), default=None,
                    help="TrainLoraNode's lora_dtype (default: the training dtype; T-LoRA keeps fp32 adapters)")
     p.add_argument("--worker", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
@@ -179,7 +183,9 @@ def worker(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     init = c.fast_init() if args.fast_init else contextlib.nullcontext()
     with init, torch.inference_mode():  # as ComfyUI's executor runs every node
-        if args.worker == "tlora":
+        if args.worker == "tlora-nonreentrant":
+            nonreentrant_checkpointing()
+        if args.worker.startswith("tlora"):
             run_tlora(args, model, latents, positive, total_steps)
         else:
             run_comfy(args, model, latents, positive, total_steps)
@@ -231,6 +237,18 @@ def run_tlora(args, model, latents, positive, steps: int) -> None:
     TLoRATrain.VALIDATE_CLASS()  # what ComfyUI's executor does (tests/nodes/helpers.py:run_node)
     clone = TLoRATrain.PREPARE_CLASS_CLONE({})
     make_locked_method_func(TLoRATrain, "EXECUTE_NORMALIZED", clone)(**inputs)
+
+
+def nonreentrant_checkpointing() -> None:
+    """What-if: T-LoRA Train's checkpointed blocks through PyTorch's non-reentrant checkpoint
+    (the graph recorded twice, every saved tensor through Python pack/unpack hooks) instead of the
+    product's reentrant one; the rest of the node unchanged."""
+    from tlora_nodes.nodes import patching
+
+    def checkpointed(fn, args, kwargs, adapted):
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+
+    patching._checkpointed = checkpointed
 
 
 def run_comfy(args, model, latents, positive, steps: int) -> None:
@@ -334,6 +352,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             result.update(cpu_pair_ratios=cpu_pairs, cpu_time_ratio=c.median(cpu_pairs))
         if device.type == "cpu":
             result.update(target=1.0, **{"pass": result["ratio"] <= 1.0})
+    if "tlora" in summary and "tlora-nonreentrant" in summary:
+        pairs = [a["median_step_s"] / b["median_step_s"] for a, b in zip(runs["tlora"], runs["tlora-nonreentrant"])]
+        result.update(reentrant_pair_ratios=pairs, reentrant_ratio=c.median(pairs))
     if device.type == "cuda" and "tlora" in summary:
         t = summary["tlora"]
         result["gpu_targets"] = {"s_per_step": 0.4, "peak_gb": 12.0,  # GB = 1e9 bytes, max_memory_allocated
@@ -344,12 +365,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     for x, s in summary.items():
         mem = (f"peak {s['peak_gb']:.2f} GB ({s['peak_above_weights_gb']:.2f} above the weights)" if device.type == "cuda"
                else f"peak RSS +{s['peak_above_build_gib']:.2f} GiB over the built model")
-        print(f"  {LABELS[x]:24s} {s['median_step_s']:.3f} s/step  {mem}")
+        print(f"  {LABELS[x]:24s} {s['median_step_s']:.3f} s/step (CPU {s['median_step_cpu_s']:.3f})  {mem}")
     if "ratio" in result:
         verdict = f" target <= 1.0: {'PASS' if result['pass'] else 'FAIL'}" if "pass" in result else ""
         print(f"  ratio {result['ratio']:.3f} (pairs {', '.join(f'{r:.3f}' for r in result['pair_ratios'])}){verdict}")
         if "cpu_time_ratio" in result:
             print(f"  process CPU time ratio {result['cpu_time_ratio']:.3f}")
+    if "reentrant_ratio" in result:
+        print(f"  T-LoRA Train / its non-reentrant what-if {result['reentrant_ratio']:.3f} "
+              f"(pairs {', '.join(f'{r:.3f}' for r in result['reentrant_pair_ratios'])})")
     if "gpu_targets" in result:
         t = result["gpu_targets"]
         print(f"  GPU targets: <= 0.4 s/step {'PASS' if t['pass_s_per_step'] else 'FAIL'}, "
