@@ -461,7 +461,10 @@ def train(
             trainer.load_state_dict(state)
 
         train_model = model.clone()
-        train_model.set_model_compute_dtype(dtype)
+        if train_model.model.get_dtype() != dtype or train_model.model.manual_cast_dtype not in (None, dtype):
+            # forces a per-call cast of every weight (Python work per layer per forward, and a
+            # copy when the dtype differs): only when the weights aren't already in ``dtype``
+            train_model.set_model_compute_dtype(dtype)
         patching.attach(train_model, adapter, 1.0, DISPLAY_NAME).training = True
         capture = patching.OutputCapture(train_model)
         patching.add_training_patches(train_model, gradient_checkpointing)

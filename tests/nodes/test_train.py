@@ -271,6 +271,19 @@ def test_bf16_training_runs(tiny, helpers, loras_dir):
     assert next(adapter.parameters()).dtype == torch.float32  # the adapter's maths stay fp32
 
 
+@pytest.mark.parametrize("training_dtype, casts", [("fp32", False), ("bf16", True)])
+def test_weights_are_cast_per_call_only_when_the_training_dtype_differs(tiny, helpers, loras_dir, monkeypatch,
+                                                                         training_dtype, casts):
+    import comfy.ops
+
+    calls = []
+    original = comfy.ops.cast_bias_weight
+    monkeypatch.setattr(comfy.ops, "cast_bias_weight", lambda *a, **k: calls.append(1) or original(*a, **k))
+    _, _, loss = train(helpers, tiny, tiny.build("sd15"), "sd15", steps=2, training_dtype=training_dtype)
+    assert all(torch.isfinite(torch.tensor(loss["loss"])))
+    assert bool(calls) == casts
+
+
 def test_training_targets_are_what_the_model_should_predict(tiny):
     import comfy.model_base
 
