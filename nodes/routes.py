@@ -63,14 +63,20 @@ def lookup(name: str) -> dict:
     return file_info(path, name)
 
 
+def prompt_server():
+    """The running PromptServer, or None (tests and benchmarks that import the nodes in-process).
+    Only a running ComfyUI has imported its server module; never import it here: a failed import
+    is retried on every call and costs milliseconds (training asks once per step and per layer)."""
+    return getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+
+
 def register() -> None:
     """Add the routes to the running PromptServer; idempotent, and a no-op without a server
     (tests that import the nodes in-process)."""
     global _registered
     if _registered:
         return
-    # Only a running ComfyUI has imported its server module; never import it here.
-    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    server = prompt_server()
     if server is None:
         return
     from aiohttp import web

@@ -28,6 +28,7 @@ from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tl
 from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
 from . import patching
 from .load import tlora_files
+from .routes import prompt_server
 from .types import CATEGORY, TLora, node_message
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class _NodeCallbacks:
             self.pbar.update_absolute(step, total)
         except comfy.model_management.InterruptProcessingException:
             self.interrupted = True  # ComfyUI's progress hook reports Cancel by raising; stop at the next step
-        server = _prompt_server()
+        server = prompt_server()
         if server is not None and self.node_id is not None:
             server.send_progress_text(f"step {step}/{total} · loss {loss:.4f}", self.node_id)
             server.send_sync(PROGRESS_EVENT, {"node": self.node_id, "step": step, "steps": total, "loss": loss})
@@ -196,19 +197,11 @@ def _init_progress(node_id: str | None):
 
     def progress(done: int, total: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        server = _prompt_server()
+        server = prompt_server()
         if server is not None and node_id is not None and (done == total or done % 8 == 0):
             server.send_progress_text(f"initialising adapter: layer {done}/{total}", node_id)
 
     return progress
-
-
-def _prompt_server():
-    try:
-        from server import PromptServer
-    except ImportError:
-        return None
-    return getattr(PromptServer, "instance", None)
 
 
 # -- the loop inside ComfyUI's sampling machinery -----------------------------------------------------
