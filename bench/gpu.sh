@@ -6,7 +6,7 @@
 #     && export PYTHONPATH=/tmp/site && bash bench/gpu.sh
 # Writes *.json and *.log into $OUT (default .bench/out) and prints a summary. Every part runs under
 # `timeout`; worst case about 7.5 minutes (45+240+150 s, then the optional parts only if time is
-# left: they start before 330 s and 390 s), expected 4-5. A failed part does not stop the next one.
+# left: they start before 330 s, 330 s and 390 s), expected 5-6. A failed part does not stop the next one.
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,8 +64,17 @@ part train_tlora 150 $PY bench/train_step.py --arch $ARCH --device $DEVICE --dty
     --gradient-checkpointing --contenders tlora --repeats 1 --warmup $WARMUP --measure $TRAIN_MEASURE --fast-init \
     --worker-timeout $((140 * LIMIT_SCALE)) --json "$OUT/train_step_${ARCH}_tlora.json"
 
-# 3) Optional, while the budget lasts: ComfyUI's TrainLoraNode with the same settings (for the ratio),
-#    then the set-up cost of a real T-LoRA init (560 SVDs on the GPU).
+# 3) Optional, while the budget lasts, in this order: T-LoRA Train with PyTorch's non-reentrant
+#    checkpointing (the code before reentrant checkpointing: the GPU figure of that change), ComfyUI's
+#    TrainLoraNode with the same settings (for the ratio), the set-up cost of a real T-LoRA init
+#    (560 SVDs on the GPU). Each starts only before the budget is spent, so the worst case stays.
+if [ $((SECONDS - START)) -lt "$BUDGET_S" ]; then
+    part train_nonreentrant 100 $PY bench/train_step.py --arch $ARCH --device $DEVICE --dtype $DTYPE --resolution $RES \
+        --gradient-checkpointing --contenders tlora-nonreentrant --repeats 1 --warmup $WARMUP --measure $COMFY_MEASURE \
+        --fast-init --worker-timeout $((90 * LIMIT_SCALE)) --json "$OUT/train_step_${ARCH}_tlora_nonreentrant.json"
+else
+    echo "=== train_nonreentrant skipped: $((SECONDS - START))s gone (budget ${BUDGET_S}s) ==="
+fi
 if [ $((SECONDS - START)) -lt "$BUDGET_S" ]; then
     part train_comfy 100 $PY bench/train_step.py --arch $ARCH --device $DEVICE --dtype $DTYPE --resolution $RES \
         --gradient-checkpointing --contenders comfy --repeats 1 --warmup $WARMUP --measure $COMFY_MEASURE \

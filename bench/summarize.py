@@ -48,7 +48,8 @@ def train_step(r: dict) -> list[str]:
         lines += ["| contender | median s/step | peak allocated (GB) | above weights (GB) | reserved (GB) |", "|---|---|---|---|---|"]
     else:
         lines += ["| contender | median s/step | peak RSS above built model (GiB) |", "|---|---|---|"]
-    labels = {"tlora": "T-LoRA Train", "comfy": "ComfyUI TrainLoraNode"}
+    labels = {"tlora": "T-LoRA Train", "comfy": "ComfyUI TrainLoraNode",
+              "tlora-nonreentrant": "T-LoRA Train, non-reentrant checkpointing (what-if)"}
     for name, s in r["summary"].items():
         if gpu:
             lines.append(f"| {labels[name]} | {s['median_step_s']:.3f} | {s['peak_gb']:.2f} | {s['peak_above_weights_gb']:.2f} | {s['peak_reserved_gb']:.2f} |")
@@ -58,6 +59,8 @@ def train_step(r: dict) -> list[str]:
     if "ratio" in r:
         verdict = f"; target <= 1.0: **{'PASS' if r['pass'] else 'FAIL'}**" if "pass" in r else ""
         lines.append(f"Ratio T-LoRA / TrainLoraNode: **{r['ratio']:.3f}** (pairs {', '.join(f'{x:.3f}' for x in r['pair_ratios'])}){verdict}.")
+    if "reentrant_ratio" in r:
+        lines.append(f"T-LoRA Train / its non-reentrant what-if: **{r['reentrant_ratio']:.3f}**.")
     if "gpu_targets" in r:
         t = r["gpu_targets"]
         lines.append(f"GPU targets: <= 0.4 s/step **{'PASS' if t['pass_s_per_step'] else 'FAIL'}**, "
