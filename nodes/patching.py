@@ -606,7 +606,8 @@ def _checkpointed(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], a
     values = [*args, *kwargs.values()]
     where = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
     tensors = [values[i] for i in where]
-    if not adapted and not any(t.requires_grad for t in tensors):
+    trainable_input = any(t.requires_grad for t in tensors)
+    if not adapted and not trainable_input:
         with torch.no_grad():  # nothing in or before this block is trained: no graph to keep
             return fn(*args, **kwargs)
 
@@ -616,7 +617,7 @@ def _checkpointed(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], a
             filled[i] = tensor
         return fn(*filled[: len(args)], **dict(zip(keys, filled[len(args) :])))
 
-    if not any(t.requires_grad for t in tensors):  # the first adapted block: see _TrainingForward
+    if not trainable_input:  # the first adapted block: see _TrainingForward
         tensors.append(torch.ones((), requires_grad=True))
     return torch.utils.checkpoint.checkpoint(run, *tensors, use_reentrant=True)
 
