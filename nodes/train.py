@@ -26,7 +26,7 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tlora
 from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
-from . import patching
+from . import compat, patching
 from .load import tlora_files
 from .routes import prompt_server
 from .types import CATEGORY, TLora, node_message
@@ -469,7 +469,8 @@ def train(
         guider.set_conds(positive)
         sampler = _TrainSampler(trainer, capture, weights)
         try:
-            guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)
+            with compat.differentiable_kernels():
+                guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)
         except (TrainingDiverged, NoGradient) as err:
             kept = f" ({callbacks.saved[-1]})" if callbacks.saved else ""
             raise RuntimeError(node_message(DISPLAY_NAME, err) + kept) from err
