@@ -438,3 +438,39 @@ def test_nothing_is_written_outside_the_loras_folder(tiny, helpers, loras_dir):
     with pytest.raises(ValueError, match="filename_prefix '../../escape' points outside the loras folder"):
         train(helpers, tiny, tiny.build("sd15"), "sd15", filename_prefix="../../escape")
     assert saved_files(loras_dir.parent) == []
+
+
+# -- nodes/compat.py: each branch on the ComfyUI version that takes it ---------------------------------
+def test_training_runs_with_comfyuis_training_flag_set_and_restores_it(tiny, helpers, loras_dir, monkeypatch):
+    """ComfyUI 0.33's FLUX RoPE/attention kernels have no backward unless in_training is set."""
+    import comfy.model_management as mm
+
+    from tlora_nodes.nodes import patching
+
+    if not hasattr(mm, "in_training"):
+        pytest.skip("this ComfyUI has no in_training flag (older than 0.33): its models always differentiate")
+    seen = []
+    take = patching.OutputCapture.take
+
+    def recording_take(self):
+        seen.append(mm.in_training)
+        if len(seen) == 3:
+            raise RuntimeError("boom")
+        return take(self)
+
+    monkeypatch.setattr(patching.OutputCapture, "take", recording_take)
+    model = tiny.build("flux")
+    train(helpers, tiny, model, "flux", steps=2, gradient_checkpointing=True)  # failed before: no autograd formula
+    assert seen == [True, True] and mm.in_training is False
+    with pytest.raises(RuntimeError, match="boom"):
+        train(helpers, tiny, model, "flux", steps=2)
+    assert mm.in_training is False  # restored after a failed run too
+
+
+def test_comfyui_without_the_training_flag_is_left_alone(tiny, helpers, loras_dir):
+    import comfy.model_management as mm
+
+    if hasattr(mm, "in_training"):
+        pytest.skip("this ComfyUI has the in_training flag (the test above covers it)")
+    train(helpers, tiny, tiny.build("flux"), "flux", steps=2)
+    assert not hasattr(mm, "in_training")
