@@ -1,38 +1,42 @@
 """Finding and preparing a real ComfyUI checkout for the integration tests.
 
-Looked up in order: $COMFYUI_PATH, the ComfyUI this pack sits in (ComfyUI/custom_nodes/<pack>),
-~/ComfyUI. Tests marked ``comfyui`` are skipped with the reason when none is found.
+The trees are found by the one rule of scripts/comfyui.py ($COMFYUI_PATH, a ':'-separated list;
+else the ComfyUI this pack sits in; else ~/ComfyUI and ~/ComfyUI-<version>); a pytest run tests
+the first one (scripts/test.sh runs pytest once per tree, each with COMFYUI_PATH set to it).
+Tests marked ``comfyui``, ``e2e`` or ``browser`` are skipped with the reason when none is found.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
+import importlib.util
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "stubs"
+# Packages ComfyUI imports at start-up that the test environment may lack (see each stub's docstring).
+STUBBED = ("torchvision", "spandrel", "torchaudio")
 
 
-def _is_comfyui(path: Path) -> bool:
-    return (path / "comfy" / "model_patcher.py").is_file() and (path / "folder_paths.py").is_file()
+def _rule():
+    spec = importlib.util.spec_from_file_location("tlora_comfyui_rule", ROOT / "scripts" / "comfyui.py")
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def find_comfyui() -> tuple[Path | None, str]:
-    """(path, how it was found) or (None, why not)."""
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        path = Path(env).expanduser()
-        if _is_comfyui(path):
-            return path, f"COMFYUI_PATH={path}"
-        return None, f"COMFYUI_PATH={env} is not a ComfyUI checkout (no comfy/model_patcher.py)"
-    if ROOT.parent.name == "custom_nodes" and _is_comfyui(ROOT.parent.parent):
-        return ROOT.parent.parent, f"the ComfyUI this pack sits in ({ROOT.parent.parent})"
-    home = Path.home() / "ComfyUI"
-    if _is_comfyui(home):
-        return home, f"~/ComfyUI ({home})"
-    return None, "no ComfyUI found (set COMFYUI_PATH, or put the pack in ComfyUI/custom_nodes, or use ~/ComfyUI)"
+    """(path, how it was found) of the first tree, or (None, why not)."""
+    trees, why = _rule().find_trees()
+    return (trees[0].path, trees[0].found_by) if trees else (None, why)
+
+
+def comfyui_version(path: Path) -> str:
+    return _rule().comfyui_version(path)
 
 
 def importable(module: str) -> bool:
@@ -46,9 +50,10 @@ def importable(module: str) -> bool:
 
 def extra_pythonpath() -> list[str]:
     """Paths a ComfyUI process (in- or out-of-process) needs before its own: the test-only
-    stand-in for torchvision and/or spandrel (tests/stubs/<name>/) when the real one can't be
-    imported (see the stubs' docstrings)."""
-    return [str(STUBS / name) for name in ("torchvision", "spandrel") if not importable(name)]
+    stand-ins in tests/stubs/<name>/ (torchvision, spandrel, torchaudio) when the real one can't be
+    imported (see the stubs' docstrings), and the kit they share."""
+    missing = [str(STUBS / name) for name in STUBBED if not importable(name)]
+    return [*missing, str(STUBS / "kit")] if missing else []
 
 
 def prepare_in_process(path: Path) -> None:
@@ -60,11 +65,3 @@ def prepare_in_process(path: Path) -> None:
 
     args.cpu = True
     args.disable_api_nodes = True
-
-
-def comfyui_version(path: Path) -> str:
-    text = (path / "comfyui_version.py").read_text() if (path / "comfyui_version.py").exists() else ""
-    for line in text.splitlines():
-        if line.startswith("__version__"):
-            return line.split("=", 1)[1].strip().strip("\"'")
-    return "unknown"

@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.comfyui_env import STUBBED
+
 REPO = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "tlora-nodes"  # what `git clone` names the folder
 HOST = "127.0.0.1"
@@ -46,9 +48,10 @@ def _importable(module: str) -> bool:
 
 def server_pythonpath() -> list[str]:
     """PYTHONPATH entries the server process needs: the test-only stubs (tests/stubs/<name>:
-    torchvision and spandrel, see tests/comfyui_env.py) where the real packages are missing or
+    see STUBBED in tests/comfyui_env.py) where the real packages are missing or
     broken."""
-    return [str(REPO / "tests" / "stubs" / name) for name in ("torchvision", "spandrel") if not _importable(name)]
+    missing = [str(REPO / "tests" / "stubs" / name) for name in STUBBED if not _importable(name)]
+    return [*missing, str(REPO / "tests" / "stubs" / "kit")] if missing else []
 
 
 def _die_with_parent() -> None:

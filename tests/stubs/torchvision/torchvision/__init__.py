@@ -1,11 +1,10 @@
-"""Test-only stand-in for torchvision.
+"""Test-only stand-in for torchvision (see tests/stubs/kit/tlora_stub_kit.py).
 
-ComfyUI imports torchvision at import time in a few model files (Cosmos, Stable Cascade,
-ACE) that these tests never build; PyPI's torchvision does not import beside the CPU torch
-used here. The tests put this package on sys.path only when a real torchvision can't be
-imported. Anything that actually uses it fails loudly.
+ComfyUI imports torchvision at import time in model and node files (Cosmos, Stable Cascade, SAM3,
+RT-DETR, ...) that these tests never build; PyPI's torchvision does not import beside the CPU
+torch used here.
 """
 
+from tlora_stub_kit import stand_in
 
-def __getattr__(name):
-    raise AttributeError(f"torchvision stub (tests/stubs): torchvision.{name} is not available in this test environment")
+stand_in(__name__)
