@@ -187,7 +187,9 @@ def copy_model(patcher):
     weights in place while the other keeps running on the original."""
     import comfy.model_patcher
 
-    return comfy.model_patcher.ModelPatcher(copy.deepcopy(patcher.model), load_device=patcher.load_device,
+    config = patcher.model.model_config  # shared: ComfyUI 0.33's model config can't be deep-copied
+    base = copy.deepcopy(patcher.model, memo={id(config): config})
+    return comfy.model_patcher.ModelPatcher(base, load_device=patcher.load_device,
                                             offload_device=patcher.offload_device)
 
 

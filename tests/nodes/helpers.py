@@ -41,10 +41,18 @@ def make_adapter(model, variant="tlora", rank=8, min_rank=2, power=1.0, seed=0, 
     return adapter
 
 
+def copy_model(base_model):
+    """A deep copy of a BaseModel that shares its model config: ComfyUI 0.33's model config
+    answers every unknown attribute with None (``__setstate__`` too), so it can't be deep-copied;
+    it holds no tensors, and nothing here changes it."""
+    config = base_model.model_config
+    return copy.deepcopy(base_model, memo={id(config): config})
+
+
 def merged_model(model, adapter: TLoRA, rank: int, strength: float = 1.0):
     """An independent reference: a deep copy of the model with strength·ΔW(mask of ``rank``)
     added straight into the weights (fused Flux weights at their row offsets)."""
-    base = copy.deepcopy(model.model)
+    base = copy_model(model.model)
     mask = torch.cat([torch.ones(rank), torch.zeros(adapter.config.rank - rank)])
     targets = patching.find_targets(model, "test")
     with torch.no_grad():

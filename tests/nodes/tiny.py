@@ -73,6 +73,15 @@ FLUX_CONFIG = dict(
 )
 
 
+def _flux_config() -> dict:
+    """FLUX_CONFIG as this ComfyUI's FluxParams takes it: 0.33 added ``txt_ids_dims`` (the text
+    position ids' axes; none for FLUX.1), which 0.3.64 does not know."""
+    import comfy.ldm.flux.model
+
+    fields = getattr(comfy.ldm.flux.model.FluxParams, "__dataclass_fields__", {})
+    return dict(FLUX_CONFIG, txt_ids_dims=[]) if "txt_ids_dims" in fields else dict(FLUX_CONFIG)
+
+
 def _fill(model: torch.nn.Module, seed: int) -> None:
     """Fan-in scaled random weights (a well-conditioned random network), unit norm scales, zero
     biases: outputs of order one, and gradients that reach every layer."""
@@ -87,20 +96,16 @@ def _fill(model: torch.nn.Module, seed: int) -> None:
                 p.fill_(1.0)
 
 
-def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None, scaled_fp8: bool = False) -> comfy.model_patcher.ModelPatcher:
-    """kind: "sd15", "sd2", "sdxl" or "flux". scaled_fp8: Linear weights stored as float8 with a
-    per-layer scale (ComfyUI's scaled-fp8 checkpoints), computing in ``dtype``."""
+def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None) -> comfy.model_patcher.ModelPatcher:
+    """kind: "sd15", "sd2", "sdxl" or "flux"."""
     config_class, unet_config = {
         "sd15": (comfy.supported_models.SD15, SD15_CONFIG),
         "sd2": (comfy.supported_models.SD20, SD2_CONFIG),
         "sdxl": (comfy.supported_models.SDXL, SDXL_CONFIG),
-        "flux": (comfy.supported_models.Flux, FLUX_CONFIG),
+        "flux": (comfy.supported_models.Flux, _flux_config()),
     }[kind]
     model_config = config_class(dict(unet_config, dtype=dtype))
     model_config.set_inference_dtype(dtype, None)
-    if scaled_fp8:
-        model_config.scaled_fp8 = torch.float8_e4m3fn
-        model_config.set_inference_dtype(torch.float8_e4m3fn, dtype)
     if model_type is not None:
         model = comfy.model_base.Flux(model_config, model_type=model_type) if kind == "flux" else comfy.model_base.BaseModel(model_config, model_type=model_type)
         if kind == "sdxl":
@@ -109,6 +114,35 @@ def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_ty
         model = model_config.get_model({})
     _fill(model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def build_scaled_fp8(kind: str = "sd15", seed: int = 0, scale: float = 0.5):
+    """A scaled-fp8 checkpoint loaded the way a user's is: every Linear weight stored as float8
+    with a per-layer ``scale_weight`` (and the ``scaled_fp8`` marker), read by ComfyUI's own
+    ``load_diffusion_model_state_dict`` — which 0.3.64 keeps as scaled-fp8 layers and 0.33 turns
+    into its quantized mixed-precision layers. Returns (that model, its exact float32 twin with
+    every quantized weight dequantised)."""
+    import comfy.sd
+
+    twin = build(kind, seed)
+    net = twin.model.diffusion_model
+    linears = {name for name, module in net.named_modules() if isinstance(module, torch.nn.Linear)}
+    state = {}
+    with torch.no_grad():
+        for key, value in net.state_dict().items():
+            module, _, leaf = key.rpartition(".")
+            if leaf == "weight" and module in linears:
+                stored = (value / scale).to(torch.float8_e4m3fn)
+                state[key] = stored
+                state[f"{module}.scale_weight"] = torch.tensor(scale)
+                value.copy_(stored.float() * scale)  # the twin computes with what is stored
+            else:
+                state[key] = value.clone()
+    state["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+    model = comfy.sd.load_diffusion_model_state_dict(state, model_options={})
+    if model is None:
+        raise RuntimeError("ComfyUI did not detect the tiny scaled-fp8 UNet")
+    return model, twin
 
 
 LATENT = {"sd15": (4, 8, 8), "sd2": (4, 8, 8), "sdxl": (4, 8, 8), "flux": (16, 8, 8)}
