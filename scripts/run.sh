@@ -1,49 +1,53 @@
 #!/usr/bin/env bash
 # The main job: ComfyUI with this pack on http://127.0.0.1:${PORT:-8188}, set up on first use.
-# Finds ComfyUI like the tests do: $COMFYUI_PATH, the ComfyUI/custom_nodes this pack sits in,
-# or ~/ComfyUI. Installs into .venv the pack's needs and ComfyUI's own requirements (never
-# another torch), links the pack into ComfyUI/custom_nodes, starts ComfyUI (--cpu without a GPU).
-# Extra arguments go to ComfyUI's main.py.
+#
+# ComfyUI: the first tree scripts/comfyui.py finds ($COMFYUI_PATH, the ComfyUI/custom_nodes this
+# pack sits in, ~/ComfyUI or ~/ComfyUI-<version>, newest first); none: the newest tested ComfyUI
+# is cloned into ~/ComfyUI-<version> (from $TLORA_COMFYUI_URL, default upstream).
+# Python: ComfyUI's own (its venv/.venv, or a python3 that already imports its requirements; on
+# a GPU machine that is your CUDA build), else an environment under ~/.cache/tlora-nodes/envs
+# built once per set of requirements (torch from $TORCH_SPEC, default torch==2.13.0, CPU).
+# The pack is linked into ComfyUI/custom_nodes; --cpu is added without a GPU. Extra arguments go
+# to ComfyUI's main.py.
 set -euo pipefail
 pack=$(cd "$(dirname "$0")/.." && pwd)
-
-comfy=${COMFYUI_PATH:-}
-if [ -z "$comfy" ]; then
-  if [ "$(basename "$(dirname "$pack")")" = custom_nodes ]; then
-    comfy=$(dirname "$(dirname "$pack")")
-  elif [ -f "$HOME/ComfyUI/main.py" ]; then
-    comfy=$HOME/ComfyUI
-  fi
-fi
-if [ ! -f "${comfy:-/nonexistent}/main.py" ]; then
-  echo "tlora-nodes: no ComfyUI found. Clone it (git clone https://github.com/comfyanonymous/ComfyUI ~/ComfyUI)" >&2
-  echo "             or set COMFYUI_PATH to your ComfyUI folder, then run this again." >&2
-  exit 1
-fi
-
-cd "$pack"
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
-# ComfyUI's requirements without the torch family (kept as installed) and the optional extras
-# that would pull a torchvision build of their own (spandrel: upscale models).
-grep -vE '^(torch|torchvision|torchaudio|spandrel)([<>=~ ].*)?$|^#|^$' "$comfy/requirements.txt" >.venv/comfyui-requirements.txt
-"${pip[@]}" -r requirements.txt -r .venv/comfyui-requirements.txt
+
+comfy=$("$python" "$pack/scripts/comfyui.py" trees | head -n 1 | cut -f1)
+if [ -z "$comfy" ]; then
+  [ -n "${COMFYUI_PATH:-}" ] && exit 1  # comfyui.py said which entry is wrong
+  comfy=$("$python" "$pack/scripts/comfyui.py" fetch) || exit 1  # it said what to do
+fi
+
+own=$("$python" "$pack/scripts/comfyui.py" own-python "$comfy")
+if [ -n "$own" ]; then
+  run_python=$own
+  # the pack's needs (ComfyUI's requirements already include them): installed only if missing
+  "$run_python" -c "import safetensors, einops, numpy" 2>/dev/null \
+    || "$run_python" -m pip install -q --disable-pip-version-check -r "$pack/requirements.txt"
+else
+  run_python=$("$python" "$pack/scripts/comfyui.py" python "$comfy")
+fi
 
 if [ "$(cd "$(dirname "$pack")" && pwd)" != "$(cd "$comfy/custom_nodes" && pwd)" ]; then
   ln -sfn "$pack" "$comfy/custom_nodes/tlora-nodes"
 fi
 
 extra=()
-.venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || extra+=(--cpu)
-# Without torchvision/spandrel some core node files fail to import, and the frontend then can't
-# create any model-loader node; stand-ins that fail loudly if used keep the rest working.
-for name in torchvision spandrel; do
-  if ! .venv/bin/python -c "import $name" 2>/dev/null; then
-    echo "tlora-nodes: $name is not importable here; ComfyUI runs with a stand-in (models that need it are unavailable)." >&2
-    export PYTHONPATH="$pack/tests/stubs/$name${PYTHONPATH:+:$PYTHONPATH}"
+"$run_python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || extra+=(--cpu)
+# Packages some core files import at start-up that this Python may lack (an environment built
+# here has no torchvision/torchaudio build for its CPU torch): stand-ins that fail loudly if used
+# keep the rest working. A ComfyUI Python of your own has the real ones.
+stubs=()
+for name in torchvision torchaudio spandrel; do
+  if ! "$run_python" -c "import $name" 2>/dev/null; then
+    echo "tlora-nodes: $name is not importable here; ComfyUI runs with a stand-in (what needs it is unavailable)." >&2
+    stubs+=("$pack/tests/stubs/$name")
   fi
 done
-echo "tlora-nodes: starting ComfyUI $comfy on http://127.0.0.1:${PORT:-8188}"
-exec .venv/bin/python "$comfy/main.py" --listen 127.0.0.1 --port "${PORT:-8188}" "${extra[@]}" "$@"
+if [ ${#stubs[@]} -gt 0 ]; then
+  stubs+=("$pack/tests/stubs/kit")
+  export PYTHONPATH="$(IFS=:; echo "${stubs[*]}")${PYTHONPATH:+:$PYTHONPATH}"
+fi
+echo "tlora-nodes: starting ComfyUI $comfy with $run_python on http://127.0.0.1:${PORT:-8188}"
+exec "$run_python" "$comfy/main.py" --listen 127.0.0.1 --port "${PORT:-8188}" "${extra[@]}" "$@"

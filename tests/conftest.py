@@ -32,18 +32,18 @@ load_pack()
 
 
 # -- ComfyUI integration tests: find ComfyUI, skip honestly, report counts ------------------------
+import os  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402
 
+from tests import run_summary  # noqa: E402
 from tests.comfyui_env import comfyui_version, find_comfyui, prepare_in_process  # noqa: E402
 
 COMFYUI_PATH, COMFYUI_FOUND_BY = find_comfyui()
-CATEGORIES = (
-    ("comfyui", "ComfyUI integration tests (in-process, tiny models)"),
-    ("e2e", "end-to-end tests (real ComfyUI server on 127.0.0.1)"),
-    ("browser", "browser tests (real frontend in headless Chromium)"),
-)
-_outcomes: dict[str, dict[str, int]] = {c: {"passed": 0, "failed": 0, "skipped": 0} for c, _ in CATEGORIES}
-_skip_reasons: dict[str, set[str]] = {c: set() for c, _ in CATEGORIES}
+MARKED = ("comfyui", "e2e", "browser")  # the ComfyUI tiers; every other test is a core test
+_outcomes = run_summary.empty()
+_started = time.monotonic()
 
 
 def pytest_configure(config):
@@ -56,43 +56,48 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=f"ComfyUI integration: {COMFYUI_FOUND_BY}")
     for item in items:
-        if any(item.get_closest_marker(c) for c, _ in CATEGORIES):
+        if any(item.get_closest_marker(c) for c in MARKED):
             item.add_marker(skip)
 
 
-def _category(report) -> str | None:
-    for name, _ in reversed(CATEGORIES):  # most specific first
+def _category(report) -> str:
+    for name in reversed(MARKED):  # most specific first
         if name in report.keywords:
             return name
-    return None
+    return "core"
 
 
 def pytest_runtest_logreport(report):
-    category = _category(report)
-    if category is None:
-        return
+    outcome = _outcomes[_category(report)]
     if report.skipped:
-        _outcomes[category]["skipped"] += 1
+        outcome["skipped"] += 1
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _skip_reasons[category].add(reason.removeprefix("Skipped: "))
+        reason = reason.removeprefix("Skipped: ")
+        if reason not in outcome["reasons"]:
+            outcome["reasons"].append(reason)
     elif report.when == "call":
-        _outcomes[category]["passed" if report.passed else "failed"] += 1
+        outcome["passed" if report.passed else "failed"] += 1
     elif report.failed:  # an error in setup or teardown
-        _outcomes[category]["failed"] += 1
+        outcome["failed"] += 1
+
+
+def _where() -> str:
+    if COMFYUI_PATH is None:
+        return COMFYUI_FOUND_BY
+    return f"ComfyUI {comfyui_version(COMFYUI_PATH)} found via {COMFYUI_FOUND_BY}"
 
 
 def pytest_terminal_summary(terminalreporter):
-    where = (
-        f"ComfyUI {comfyui_version(COMFYUI_PATH)} found via {COMFYUI_FOUND_BY}"
-        if COMFYUI_PATH is not None
-        else COMFYUI_FOUND_BY
-    )
     terminalreporter.section("ComfyUI integration summary")
-    terminalreporter.write_line(where)
-    for name, label in CATEGORIES:
+    terminalreporter.write_line(_where())
+    for name, label in run_summary.CATEGORIES:
+        if name == "core":
+            continue
         o = _outcomes[name]
         ran = o["passed"] + o["failed"]
-        line = f"{label}: {ran} ran ({o['passed']} passed, {o['failed']} failed), {o['skipped']} skipped"
-        terminalreporter.write_line(line)
-        for reason in sorted(_skip_reasons[name]):
+        terminalreporter.write_line(f"{label}: {ran} ran ({o['passed']} passed, {o['failed']} failed), {o['skipped']} skipped")
+        for reason in o["reasons"]:
             terminalreporter.write_line(f"    skipped because: {reason}")
+    target = os.environ.get("TLORA_TEST_SUMMARY")
+    if target:  # scripts/test.sh prints one summary over all ComfyUI versions from these
+        run_summary.write(target, _where(), _outcomes, time.monotonic() - _started)
