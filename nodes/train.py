@@ -174,6 +174,20 @@ class _NodeCallbacks:
     def should_stop(self) -> bool:
         return self.interrupted or comfy.model_management.processing_interrupted()
 
+    def noticing_cancel(self, compute_gradients):
+        """compute_gradients that remembers a Cancel raised inside the model call (ComfyUI 0.33
+        checks it on every op, and clears the flag as it raises), so the trainer ends the run as
+        cancelled rather than failed."""
+
+        def compute(batch: Batch) -> float:
+            try:
+                return compute_gradients(batch)
+            except comfy.model_management.InterruptProcessingException:
+                self.interrupted = True
+                raise
+
+        return compute
+
     def save(self, step: int, reason: str) -> None:
         """A resumable checkpoint (adapter, optimizer and RNG state)."""
         path = self.files.checkpoint(step, reason)
@@ -209,8 +223,9 @@ class _TrainSampler(comfy.samplers.Sampler):
     """A Sampler whose ``sample`` is the training loop: ComfyUI has loaded the model, processed
     the conditioning and merged our wrappers by the time it is called."""
 
-    def __init__(self, trainer: Trainer, capture: patching.OutputCapture, weights: torch.Tensor | None):
+    def __init__(self, trainer: Trainer, callbacks: _NodeCallbacks, capture: patching.OutputCapture, weights: torch.Tensor | None):
         self.trainer = trainer
+        self.callbacks = callbacks
         self.capture = capture
         self.weights = weights
         self.result = None
@@ -247,7 +262,7 @@ class _TrainSampler(comfy.samplers.Sampler):
                 total += loss.item() * share
             return total
 
-        self.trainer.compute_gradients = compute_gradients
+        self.trainer.compute_gradients = self.callbacks.noticing_cancel(compute_gradients)
         self.result = self.trainer.run()
         return latent_image
 
@@ -467,7 +482,7 @@ def train(
 
         guider = Guider_Basic(train_model)
         guider.set_conds(positive)
-        sampler = _TrainSampler(trainer, capture, weights)
+        sampler = _TrainSampler(trainer, callbacks, capture, weights)
         try:
             with compat.differentiable_kernels():
                 guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)

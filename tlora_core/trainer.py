@@ -210,9 +210,7 @@ class Trainer:
         base_steps = self.adapter.training_steps - self.step
         while self.step < total:
             if self.callbacks is not None and self.callbacks.should_stop():
-                if self.step > self.last_checkpoint_step:
-                    self._save("cancelled")
-                return TrainResult(self.step, dict(self.losses), cancelled=True)
+                return self._cancelled()
             # a failed step is saved as if its draw never happened, so resuming retries this batch
             rng_before = self.generator.get_state()
             batch = self.draw()
@@ -222,6 +220,11 @@ class Trainer:
                 finite = math.isfinite(loss) and self._gradients_finite(batch.step)
             except BaseException:
                 self.generator.set_state(rng_before)
+                if self.callbacks is not None and self.callbacks.should_stop():
+                    # Cancel reached the model mid-step (ComfyUI 0.33 checks it on every op): the
+                    # step never happened; end as a cancel at the step before, like one between steps
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return self._cancelled()
                 self._save_after_error("error")
                 raise
             if not finite:
@@ -238,6 +241,11 @@ class Trainer:
             if every and self.step % every == 0 and self.step < total:
                 self._save("checkpoint")
         return TrainResult(self.step, dict(self.losses))
+
+    def _cancelled(self) -> TrainResult:
+        if self.step > self.last_checkpoint_step:
+            self._save("cancelled")
+        return TrainResult(self.step, dict(self.losses), cancelled=True)
 
     def _save_after_error(self, reason: str) -> None:
         """Keep what was learned when a step fails midway (out of memory, a crash in a callback,

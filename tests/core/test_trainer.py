@@ -174,6 +174,42 @@ def test_nan_gradient_is_divergence_too():
     assert all(torch.equal(before[k], v) for k, v in params(adapter).items())
 
 
+def test_cancel_raised_inside_a_step_ends_as_a_cancel_and_resumes_exactly():
+    """ComfyUI 0.33 raises its interrupt from inside the model call: the step is dropped (its
+    draw too), the run ends cancelled at the step before, and resuming matches a plain run."""
+    full, full_trainer, _ = train(8)
+    adapter, compute = toy()
+    saved = {}
+
+    class Interrupted(Exception):
+        pass
+
+    class CancelInStep5(Recorder):
+        def should_stop(self):
+            return len(self.steps) >= 4 and saved.get("raised", False)
+
+    rec = CancelInStep5()
+
+    def interrupted_at_5(batch):
+        if batch.step == 5 and "raised" not in saved:
+            saved["raised"] = True
+            raise Interrupted()
+        return compute(batch)
+
+    settings = TrainSettings(steps=8, learning_rate=0.05, batch_size=2)
+    trainer = Trainer(adapter, settings, 3, (16,), interrupted_at_5, rec)
+    rec.save = lambda step, reason: saved.update(step=step, reason=reason, state=trainer.state_dict(), params=params(adapter))
+    result = trainer.run()
+    assert result.cancelled and result.steps_done == 4 and (saved["step"], saved["reason"]) == (4, "cancelled")
+    resumed, compute2 = toy()
+    resumed.load_state_dict(saved["params"])
+    trainer2 = Trainer(resumed, settings, 3, (16,), compute2)
+    trainer2.load_state_dict(saved["state"])
+    trainer2.run()
+    assert all(torch.equal(x, y) for x, y in zip(params(full).values(), params(resumed).values()))
+    assert trainer2.losses == full_trainer.losses
+
+
 def test_a_failing_step_saves_progress_then_reraises():
     adapter, compute = toy()
 

@@ -73,8 +73,29 @@ def interrupt_at(monkeypatch, step):
     monkeypatch.setattr(train_module._NodeCallbacks, "on_step", on_step)
 
 
+def interrupt_inside_step(monkeypatch, step):
+    """Cancel raised from inside the model call of ``step``, the way ComfyUI 0.33 raises it (it
+    checks on every op, and clears the flag as it raises)."""
+    import comfy.model_management
+
+    from tlora_nodes.nodes import patching
+
+    calls = []
+    original = patching.OutputCapture.__call__
+
+    def call(self, executor, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:  # batch_size rows share one call per step
+            comfy.model_management.interrupt_current_processing()
+            comfy.model_management.throw_exception_if_processing_interrupted()
+        return original(self, executor, *args, **kwargs)
+
+    monkeypatch.setattr(patching.OutputCapture, "__call__", call)
+
+
+@pytest.mark.parametrize("where", ["between steps", "inside the model call"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_cancel_keeps_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(tiny, helpers, loras_dir, monkeypatch, checkpointing):
+def test_cancel_keeps_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(tiny, helpers, loras_dir, monkeypatch, checkpointing, where):
     import comfy.model_management
 
     from tlora_nodes.tlora_core import load_tlora
@@ -84,7 +105,10 @@ def test_cancel_keeps_a_checkpoint_and_resume_reproduces_the_uninterrupted_run(t
     _, uninterrupted, full_loss = train(helpers, tiny, model, "sd15", **settings)
 
     with monkeypatch.context() as m:
-        interrupt_at(m, 4)
+        if where == "between steps":
+            interrupt_at(m, 4)
+        else:
+            interrupt_inside_step(m, 5)
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             train(helpers, tiny, model, "sd15", **settings)
     assert not comfy.model_management.processing_interrupted()
