@@ -47,6 +47,8 @@ DEFAULT_TORCH = "torch==2.13.0"
 # (spandrel: upscale models) or GL libraries (PyOpenGL, comfy-angle: the GLSL nodes) are left out.
 # The tests give ComfyUI stand-ins for torchvision, torchaudio and spandrel (tests/stubs).
 EXCLUDED = ("torch", "torchvision", "torchaudio", "spandrel", "pyopengl", "comfy-angle")
+# Imported by ComfyUI's server but missing from some trees' requirements.txt (0.3.64).
+UNLISTED = ("requests",)
 
 
 class ComfyUIError(RuntimeError):
@@ -145,8 +147,10 @@ def _requirement_name(line: str) -> str:
 def tree_requirements(tree: Path) -> list[str]:
     """The tree's requirements.txt without the torch family and the torch-pulling extras."""
     lines = (tree / "requirements.txt").read_text().splitlines() if (tree / "requirements.txt").is_file() else []
-    return [ln.strip() for ln in lines
-            if ln.strip() and not ln.strip().startswith("#") and _requirement_name(ln) not in EXCLUDED]
+    wanted = [ln.strip() for ln in lines
+              if ln.strip() and not ln.strip().startswith("#") and _requirement_name(ln) not in EXCLUDED]
+    listed = {_requirement_name(ln) for ln in wanted}
+    return wanted + [name for name in UNLISTED if name not in listed]
 
 
 def _pack_requirements() -> list[str]:
@@ -186,7 +190,7 @@ def ensure_env(tree: Path | None, torch_spec: str | None = None, log=sys.stderr)
         print(f"tlora-nodes: building the environment {folder} (once per set of requirements)", file=log, flush=True)
         shutil.rmtree(folder, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        pip = [str(python), "-m", "pip", "install", "-qq", "--disable-pip-version-check"]
         # torch first and on its own, then everything else constrained to it: nothing can pull
         # another (multi-GB) torch build
         subprocess.run([*pip, torch_spec], check=True)

@@ -85,9 +85,10 @@ class Frontend:
         time.sleep(seconds)
 
     def visible_dialogs(self) -> list[str]:
-        """Header + text of every dialog on screen."""
+        """Header + text of every dialog on screen, and of the error overlay with which newer
+        frontends (1.49) report missing nodes or models instead of a dialog."""
         return self.page.evaluate(
-            """() => [...document.querySelectorAll('.p-dialog, [role=dialog]')]
+            """() => [...document.querySelectorAll('.p-dialog, [role=dialog], [data-testid=error-overlay]')]
                  .filter(d => d.offsetParent !== null || d.getClientRects().length)
                  .map(d => d.innerText.trim().slice(0, 500))"""
         )
@@ -97,6 +98,7 @@ class Frontend:
             if not self.visible_dialogs():
                 return
             self.page.keyboard.press("Escape")
+            self.page.evaluate("() => document.querySelector('[data-testid=error-overlay-dismiss]')?.click()")
             time.sleep(0.5)
 
     def console_mark(self) -> int:

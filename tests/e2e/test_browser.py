@@ -91,14 +91,23 @@ def node_screenshot(ui, node_id: int, path: Path, scale: float = 1.25) -> None:
     ui.page.screenshot(path=str(path), clip={"x": box["x"] + 15, "y": box["y"] + 15, "width": box["w"] + 30, "height": box["h"] + 35})
 
 
+def ours(node: dict) -> bool:
+    return "tlora" in (node.get("python_module") or "")
+
+
 def widget_problems(wf: dict, nodes: list[dict]) -> list[str]:
     """Widget values the frontend would show wrong or the server would refuse."""
-    saved = {n["id"]: n for n in wf["nodes"]}
+    saved = {str(n["id"]): n for n in wf["nodes"]}
     problems = []
     for n in nodes:
         # nothing was migrated, shifted or dropped: the loaded node serialises to the file's values
-        if n["widgets_values"] != saved[n["id"]].get("widgets_values", n["widgets_values"]):
-            problems.append(f"#{n['id']} {n['type']}: widgets_values {saved[n['id']].get('widgets_values')} became {n['widgets_values']}")
+        stored = saved[str(n["id"])].get("widgets_values", n["widgets_values"])
+        if not ours(n) and isinstance(stored, list) and isinstance(n["widgets_values"], list):
+            # the workflows are saved by the newest tested frontend; an older ComfyUI's core node
+            # may lack a widget a newer one appended (0.33's ImageScaleToTotalPixels.resolution_steps)
+            stored = stored[: len(n["widgets_values"])]
+        if n["widgets_values"] != stored:
+            problems.append(f"#{n['id']} {n['type']}: widgets_values {stored} became {n['widgets_values']}")
         for w in n["widgets"]:
             value = w["value"]
             if w["options"] is not None and w["serialize"] and value not in w["options"]:
@@ -192,10 +201,18 @@ def test_ui_workflow_converts_to_the_committed_api_twin(ui, name):
     ui.load_workflow(workflow(name))
     output = json.loads(ui.page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).output)"))
     twin = api_twin(name)
+    declared = ui.page.evaluate(
+        """(types) => Object.fromEntries(types.map((t) => { const d = LiteGraph.registered_node_types[t]?.nodeData?.input ?? {};
+             return [t, [...Object.keys(d.required ?? {}), ...Object.keys(d.optional ?? {})]]; }))""",
+        sorted({e["class_type"] for e in twin.values()}),
+    )
     assert set(output) == set(twin)
     for node_id, entry in twin.items():
         assert output[node_id]["class_type"] == entry["class_type"], node_id
-        assert output[node_id]["inputs"] == entry["inputs"], f"node {node_id} ({entry['class_type']})"
+        # an input a newer ComfyUI added to a core node (the twin is made by the newest tested
+        # one) is not in an older one's prompt, and its server would ignore it
+        want = {k: v for k, v in entry["inputs"].items() if k in declared[entry["class_type"]] or entry["class_type"].startswith("TLoRA_")}
+        assert output[node_id]["inputs"] == want, f"node {node_id} ({entry['class_type']})"
 
 
 def test_plots_follow_widget_edits_and_links(ui):

@@ -60,16 +60,18 @@ def test_train_apply_sample_graph_saves_adapter_and_latent_and_reports_progress(
     assert run.succeeded, run.describe()
     steps = graph["train"]["inputs"]["steps"]
 
-    # progress bar of the Train node (ComfyUI's own "progress" message), one per step
-    bar = [m for m in run.of_type("progress") if m["node"] == "train"]
-    assert [m["value"] for m in bar] == list(range(1, steps + 1))
-    assert {m["max"] for m in bar} == {steps}
+    # progress bar of the Train node (ComfyUI's own "progress" message): the first and the last
+    # step, and in between every step (0.3.64) or as often as ComfyUI's throttle lets through (0.33)
+    bar = [m["value"] for m in run.of_type("progress") if m["node"] == "train"]
+    assert bar[0] == 1 and bar[-1] == steps and bar == sorted(set(bar)), bar
+    assert {m["max"] for m in run.of_type("progress") if m["node"] == "train"} == {steps}
     # our own event, which the frontend's loss curve listens to
     events = run.of_type("tlora.train.progress")
     assert [e["step"] for e in events] == list(range(1, steps + 1))
     assert all(e["node"] == "train" and e["steps"] == steps and math.isfinite(e["loss"]) for e in events)
     # the sampler's progress follows
-    assert [m["value"] for m in run.of_type("progress") if m["node"] == "sampler"] == [1, 2, 3, 4]
+    sampler_bar = [m["value"] for m in run.of_type("progress") if m["node"] == "sampler"]
+    assert sampler_bar[0] == 1 and sampler_bar[-1] == 4 and sampler_bar == sorted(set(sampler_bar)), sampler_bar
     assert {"train", "apply", "sampler", "save"} <= run.executed_nodes()
 
     saved = run.outputs("train")["tlora_saved"]
