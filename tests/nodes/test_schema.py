@@ -45,6 +45,34 @@ def test_entrypoint_registers_exactly_the_three_nodes():
     assert {n.GET_SCHEMA().category for n in nodes} == {"T-LoRA"}
 
 
+def _entrypoint_nodes():
+    import tlora_nodes
+
+    extension = asyncio.run(tlora_nodes.comfy_entrypoint())
+    return asyncio.run(extension.get_node_list())
+
+
+def test_a_comfyui_older_than_the_minimum_gets_no_nodes_and_one_line_saying_why(monkeypatch, caplog):
+    import comfyui_version
+
+    monkeypatch.setattr(comfyui_version, "__version__", "0.3.40")
+    with caplog.at_level("WARNING"):
+        assert _entrypoint_nodes() == []
+    lines = [r.getMessage() for r in caplog.records if "tlora-nodes" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "ComfyUI 0.3.40 is older than 0.3.64" in lines[0] and "Update ComfyUI" in lines[0]
+
+
+def test_a_comfyui_without_part_of_the_v3_api_gets_no_nodes_and_one_line_saying_why(monkeypatch, caplog):
+    from comfy_api.latest import io
+
+    monkeypatch.delattr(io, "LossMap")
+    with caplog.at_level("WARNING"):
+        assert _entrypoint_nodes() == []
+    lines = [r.getMessage() for r in caplog.records if "tlora-nodes" in r.getMessage()]
+    assert len(lines) == 1 and "lacks comfy_api.latest.io.LossMap" in lines[0]
+
+
 def test_every_input_has_a_tooltip():
     from tlora_nodes.nodes import NODES
 
