@@ -102,6 +102,11 @@ class TLoRALoad(io.ComfyNode):
             raise ValueError(node_message(DISPLAY_NAME, err)) from err
         adapter = loaded.adapter
         changes: dict[str, object] = {}
+        if min_rank > adapter.config.rank:
+            raise ValueError(
+                f"{DISPLAY_NAME}: min_rank ({min_rank}) is above the rank of '{lora_name}' ({adapter.config.rank}). "
+                f"Set 'min_rank' to at most {adapter.config.rank}, or to 0 for the file's own value."
+            )
         if min_rank > 0:
             changes["min_rank"] = min_rank
         elif loaded.needs_schedule:

@@ -357,13 +357,15 @@ class TLoRATrain(io.ComfyNode):
         batch_size, seed, save_every, filename_prefix, resume_from, training_dtype, gradient_checkpointing, mask=None,
     ) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        if variant not in VARIANTS:
+            raise ValueError(f"{DISPLAY_NAME}: variant {variant!r} is not one of {', '.join(map(repr, VARIANTS))}.")
         try:
             settings = TrainSettings(
                 steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed, save_every=save_every
             )
             family = patching.model_family(model, DISPLAY_NAME)
             config = TLoRAConfig(
-                variant=VARIANTS.get(variant, variant), rank=rank, min_rank=min_rank,
+                variant=VARIANTS[variant], rank=rank, min_rank=min_rank,
                 schedule_power=schedule_power, init=init, model_family=family,
             )
         except ValueError as err:
@@ -397,7 +399,11 @@ class TrainOutput:
 def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, patching.Target]):
     path = folder_paths.get_full_path("loras", path_name)
     if path is None:
-        raise FileNotFoundError(f"{DISPLAY_NAME}: resume_from '{path_name}' is not in the loras folder any more.")
+        raise FileNotFoundError(
+            f"{DISPLAY_NAME}: resume_from '{path_name}' is not in the loras folder "
+            f"({', '.join(folder_paths.get_folder_paths('loras'))}). Pick a checkpoint from the list (press R to "
+            f"refresh it), or 'none' to start a new run."
+        )
     try:
         loaded = read_tlora(path)
     except ValueError as err:

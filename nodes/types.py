@@ -11,5 +11,7 @@ TLora = io.Custom("TLORA")
 
 
 def node_message(node: str, err: Exception) -> str:
-    """A core error ("T-LoRA: ...") re-addressed to the node the user is looking at."""
-    return f"{node}: {str(err).removeprefix('T-LoRA: ')}"
+    """A core error ("T-LoRA: ...") re-addressed to the node the user is looking at; an error
+    that already names the node keeps its text."""
+    text = str(err)
+    return text if text.startswith(f"{node}: ") else f"{node}: {text.removeprefix('T-LoRA: ')}"
