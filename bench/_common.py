@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STUBS = ROOT / "tests" / "stubs" / "torchvision"
 PACKAGE = "tlora_nodes"
 
 # The real unet_config of each architecture (comfy/model_detection.py), dtype added at build.
@@ -61,30 +60,39 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # -- ComfyUI and the pack ---------------------------------------------------------------------------
+def _comfyui_env():
+    """tests/comfyui_env.py (the pack's rule for finding ComfyUI, and the stand-ins for packages
+    ComfyUI imports at start-up), loaded by path: the repository root is never put on sys.path,
+    its ``nodes/`` would shadow ComfyUI's ``nodes`` module."""
+    name = "tlora_bench_comfyui_env"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "comfyui_env.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def find_comfyui(explicit: str | None) -> Path:
-    candidates = [explicit, os.environ.get("COMFYUI_PATH"), str(ROOT / ".bench" / "ComfyUI"),
-                  str(Path.home() / "ComfyUI"), "/root/ComfyUI"]
-    for c in candidates:
-        if c and (Path(c) / "comfy" / "model_patcher.py").is_file():
-            return Path(c).resolve()
-    raise SystemExit("bench: no ComfyUI found; pass --comfyui PATH or set COMFYUI_PATH.")
-
-
-def _torchvision_importable() -> bool:
-    try:
-        importlib.import_module("torchvision")
-        return True
-    except Exception:  # a torchvision built for another torch raises RuntimeError, not ImportError
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            sys.modules.pop(name, None)
-        return False
+    """--comfyui PATH, else the first tree of the pack's rule (scripts/comfyui.py: COMFYUI_PATH,
+    the ComfyUI the pack sits in, ~/ComfyUI-<version>, newest first), else .bench/ComfyUI (the
+    offline GPU run, prepare_gpu.sh)."""
+    if explicit:
+        return Path(explicit).resolve()
+    found, _ = _comfyui_env().find_comfyui()
+    if found is None and (ROOT / ".bench" / "ComfyUI" / "comfy" / "model_patcher.py").is_file():
+        found = ROOT / ".bench" / "ComfyUI"
+    if found is None:
+        raise SystemExit("bench: no ComfyUI found; pass --comfyui PATH or set COMFYUI_PATH.")
+    return Path(found).resolve()
 
 
 def setup_comfyui(path: Path, device: str) -> None:
-    """Make ``import comfy`` work in this process like ComfyUI's main.py would (CPU or CUDA)."""
-    sys.path.insert(0, str(path))
-    if not _torchvision_importable():
-        sys.path.insert(1, str(STUBS))  # comfy.model_base imports torchvision; its uses are lazy
+    """Make ``import comfy`` work in this process like ComfyUI's main.py would (CPU or CUDA), with
+    the stand-ins the tests use where torchvision / torchaudio / spandrel can't be imported
+    (their uses are lazy: benchmarks never reach them)."""
+    for position, extra in enumerate([str(path), *_comfyui_env().extra_pythonpath()]):
+        sys.path.insert(position, extra)
     from comfy.cli_args import args
 
     args.disable_api_nodes = True

@@ -3,7 +3,7 @@ inside the real ComfyUI frontend, so that what users drag in is exactly what the
 itself would save: nodes are created with ``LiteGraph.createNode``, widgets set by name,
 links made with ``node.connect``, and the result taken from ``app.graphToPrompt()``.
 
-    .venv/bin/python -m tests.e2e.build_workflows        # needs ComfyUI, chromium, playwright
+    $(python3 scripts/comfyui.py python ~/ComfyUI-0.33.0) -m tests.e2e.build_workflows        # needs ComfyUI, chromium, playwright
 
 The specs below are the source of truth; test_workflows.py checks the committed files against
 the frontend and a real server. Model files each workflow expects are listed in MODELS (and
