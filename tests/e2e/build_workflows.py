@@ -53,8 +53,9 @@ NOTE_A = f"""## T-LoRA: train a concept from one image (SDXL)
    `models/loras/tlora/sks_dog_00001_.safetensors` (checkpoints every 200 steps; Cancel keeps one;
    `resume_from` continues it). Its MODEL output samples the three new prompts below.
 
-T-LoRA Train is deterministic: the same seed and inputs give the same adapter, and ComfyUI
-reuses it until an input changes (a new seed means a new training run).
+T-LoRA Train is deterministic: the same seed and inputs give the same adapter. Queued again
+right away, ComfyUI reuses the result; after other workflows it may have dropped it and trains
+again (into a new file). To sample a trained file without training, use load_and_compare.
 Out of memory? Set `training_dtype` to bf16.
 
 **Model files**
