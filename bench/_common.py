@@ -187,7 +187,16 @@ def build_model(arch: str, dtype: torch.dtype, device: torch.device, seed: int =
     model.to(device)  # parameters are already in ``dtype``; model_sampling's tables stay float32
     model.eval()
     # offload = load device: every copy stays resident, so no timed run pays for moving weights
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+    if hasattr(patcher, "cached_patcher_init"):
+        # ComfyUI 0.33's TrainLoraNode clones with force_deepcopy, which rebuilds the model the way
+        # its loader made it: here, a copy of these weights
+        patcher.cached_patcher_init = (_rebuilt, (patcher,))
+    return patcher
+
+
+def _rebuilt(patcher, disable_dynamic: bool = True):
+    return copy_model(patcher)
 
 
 def copy_model(patcher):

@@ -224,8 +224,6 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def run_tlora(args, model, latents, positive, steps: int) -> None:
-    from comfy_api.internal import make_locked_method_func
-
     from tlora_nodes.nodes.train import TLoRATrain
 
     inputs = dict(
@@ -234,9 +232,16 @@ def run_tlora(args, model, latents, positive, steps: int) -> None:
         seed=args.seed, save_every=0, filename_prefix="bench/tlora", resume_from="none",
         training_dtype=NODE_DTYPES[args.dtype], gradient_checkpointing=args.gradient_checkpointing,
     )
-    TLoRATrain.VALIDATE_CLASS()  # what ComfyUI's executor does (tests/nodes/helpers.py:run_node)
-    clone = TLoRATrain.PREPARE_CLASS_CLONE({})
-    make_locked_method_func(TLoRATrain, "EXECUTE_NORMALIZED", clone)(**inputs)
+    execute_v3(TLoRATrain, inputs)
+
+
+def execute_v3(node_cls, inputs: dict) -> None:
+    """What ComfyUI's executor does with a V3 node (tests/nodes/helpers.py:run_node)."""
+    from comfy_api.internal import make_locked_method_func
+
+    node_cls.VALIDATE_CLASS()
+    clone = node_cls.PREPARE_CLASS_CLONE({})
+    make_locked_method_func(node_cls, "EXECUTE_NORMALIZED", clone)(**inputs)
 
 
 def nonreentrant_checkpointing() -> None:
@@ -254,13 +259,19 @@ def nonreentrant_checkpointing() -> None:
 def run_comfy(args, model, latents, positive, steps: int) -> None:
     from comfy_extras.nodes_train import TrainLoraNode
 
-    TrainLoraNode().train(
+    inputs = dict(
         model=model, latents=latents, positive=positive, batch_size=args.batch_size, steps=steps,
         grad_accumulation_steps=1, learning_rate=1e-4, rank=args.rank, optimizer="AdamW", loss_function="MSE",
         seed=args.seed, training_dtype=NODE_DTYPES[args.dtype],
         lora_dtype=args.reference_lora_dtype or NODE_DTYPES[args.dtype], algorithm="LoRA",
         gradient_checkpointing=args.gradient_checkpointing, existing_lora="[None]",
     )
+    if hasattr(TrainLoraNode, "train"):  # ComfyUI 0.3.64: a method taking plain values
+        TrainLoraNode().train(**inputs)
+        return
+    # ComfyUI 0.33: a V3 node taking every input as a list, with inputs 0.3.64 didn't have (their defaults)
+    inputs.update(quantized_backward=False, checkpoint_depth=1, offloading=False, bucket_mode=False, bypass_mode=False)
+    execute_v3(TrainLoraNode, {k: [v] for k, v in inputs.items()})
 
 
 # -- the driver --------------------------------------------------------------------------------------
