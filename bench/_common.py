@@ -232,14 +232,14 @@ def latent_shape(resolution: int) -> tuple[int, int, int]:
 
 def make_adapter(patcher, rank: int, min_rank: int, seed: int, svd_device: torch.device | None = None,
                  scale: float = 0.01):
-    """A T-LoRA for this model's layers (nodes.patching.find_targets), moved away from its init
+    """A T-LoRA for this model's layers (nodes.model_kinds.find_targets), moved away from its init
     (where the Ortho delta is exactly zero)."""
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import model_kinds
     from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
 
-    targets = patching.find_targets(patcher, "bench")
-    config = TLoRAConfig(variant="tlora", rank=rank, min_rank=min_rank, model_family=patching.model_family(patcher, "bench"))
-    adapter = TLoRA.create(config, patching.layer_shapes(targets), seed=seed, svd_device=svd_device)
+    targets = model_kinds.find_targets(patcher, "bench")
+    config = TLoRAConfig(variant="tlora", rank=rank, min_rank=min_rank, model_family=model_kinds.kind_of(patcher, "bench").family)
+    adapter = TLoRA.create(config, model_kinds.layer_shapes(targets), seed=seed, svd_device=svd_device)
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for p in adapter.trainable_parameters():

@@ -31,7 +31,7 @@ def main() -> None:
     import comfy.model_patcher
     import comfy.supported_models
 
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import model_kinds
     from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
 
     config_class = getattr(comfy.supported_models, c.CONFIG_CLASSES[args.arch])
@@ -39,8 +39,8 @@ def main() -> None:
     with torch.device("meta"):  # only the layer shapes are needed
         model = model_config.get_model({})
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
-    shapes = patching.layer_shapes(patching.find_targets(patcher, "bench"))
-    config = TLoRAConfig(rank=args.rank, min_rank=args.min_rank, model_family=patching.model_family(patcher, "bench"))
+    shapes = model_kinds.layer_shapes(model_kinds.find_targets(patcher, "bench"))
+    config = TLoRAConfig(rank=args.rank, min_rank=args.min_rank, model_family=model_kinds.kind_of(patcher, "bench").family)
     seconds, _ = c.timed(device, lambda: TLoRA.create(config, shapes, seed=0, svd_device=device))
     result = {"benchmark": "init_cost", "arch": args.arch, "layers": len(shapes), "rank": args.rank,
               "seconds": seconds, "machine": c.machine_info(device, comfyui)}

@@ -248,12 +248,12 @@ def nonreentrant_checkpointing() -> None:
     """What-if: T-LoRA Train's checkpointed blocks through PyTorch's non-reentrant checkpoint
     (the graph recorded twice, every saved tensor through Python pack/unpack hooks) instead of the
     product's reentrant one; the rest of the node unchanged."""
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import training_patches
 
     def checkpointed(fn, args, kwargs, adapted):
         return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
 
-    patching._checkpointed = checkpointed
+    training_patches._checkpointed = checkpointed
 
 
 def run_comfy(args, model, latents, positive, steps: int) -> None:

@@ -1,4 +1,5 @@
-"""All ModelPatcher glue: which layers a T-LoRA adapts, and how the sampler's sigma picks the mask.
+"""Attaching T-LoRAs to a MODEL: the adapted layers (nodes/model_kinds.py says which they are
+and how a sigma becomes t) get their deltas, and every model call's sigma picks the rank mask.
 
 Mechanism: one forward override per adapted Linear, installed as ModelPatcher object patches
 (``<module path>.forward``), and one APPLY_MODEL wrapper that turns the sigma of every model
@@ -42,124 +43,28 @@ apply_model has returned, and must see the same mask.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.utils.checkpoint
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.utils
 
 from ..tlora_core import TLoRA
 from ..tlora_core.functional import scaled_lora
+from .model_kinds import Target, check_sampling, family_name, find_targets, kind_of, sigma_to_timestep
 
 log = logging.getLogger(__name__)
 
 KEY = "tlora_nodes"
 
-# model_config class -> family. Families must match exactly between a T-LoRA and a MODEL.
-FAMILIES = {
-    "SD15": "sd15",
-    "SD15_instructpix2pix": "sd15",
-    "SD20": "sd2",
-    "SD21UnclipL": "sd2",
-    "SD21UnclipH": "sd2",
-    "LotusD": "sd2",
-    "SDXL": "sdxl",
-    "SDXL_instructpix2pix": "sdxl",
-    "SSD1B": "ssd1b",
-    "Segmind_Vega": "segmind_vega",
-    "KOALA_700M": "koala_700m",
-    "KOALA_1B": "koala_1b",
-    "Flux": "flux",
-    "FluxInpaint": "flux",
-    "FluxSchnell": "flux",
-}
-FAMILY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX.1"}
-SUPPORTED = "SD1.5, SD2, SDXL (and SSD-1B, Vega, KOALA) and FLUX.1"
-
-# Diffusers names of the adapted layers (SPEC §4).
-_UNET_TARGET = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
-_FLUX_TARGET = re.compile(
-    r"^(transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|to_out\.0)"
-    r"|single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v))$"
-)
-
-
-def family_name(family: str) -> str:
-    return FAMILY_NAMES.get(family, family.upper() if family else "an unknown model")
-
-
-# -- where the adapter goes -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """One adapted layer. ``rows`` is (offset, size) into a fused weight's outputs (Flux q/k/v)."""
-
-    name: str  # diffusers module path, the adapter's layer name
-    module: str  # module path inside the BaseModel, e.g. "diffusion_model.input_blocks.1.1....to_q"
-    rows: tuple[int, int] | None
-    in_features: int
-    out_features: int
-
-
-def model_family(model: comfy.model_patcher.ModelPatcher, node: str) -> str:
-    config = model.model.model_config
-    family = FAMILIES.get(type(config).__name__)
-    if family is None:
-        raise ValueError(
-            f"{node}: T-LoRA can't adapt a {type(config).__name__} model (supported: {SUPPORTED}). "
-            f"Connect one of those checkpoints."
-        )
-    return family
-
-
-def find_targets(model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, Target]:
-    """Every layer T-LoRA adapts in this model, keyed by diffusers name."""
-    family = model_family(model, node)
-    unet_config = model.model.model_config.unet_config
-    if family == "flux":
-        mapping = comfy.utils.flux_to_diffusers(unet_config, output_prefix="diffusion_model.")
-        pattern = _FLUX_TARGET
-    else:
-        mapping = {k: "diffusion_model." + v for k, v in comfy.utils.unet_to_diffusers(unet_config).items()}
-        pattern = _UNET_TARGET
-    targets: dict[str, Target] = {}
-    for diffusers_key, comfy_key in mapping.items():
-        if not diffusers_key.endswith(".weight"):
-            continue
-        name = diffusers_key[: -len(".weight")]
-        if not pattern.search(name):
-            continue
-        if isinstance(comfy_key, tuple):
-            weight_key, (_, offset, size) = comfy_key
-            rows: tuple[int, int] | None = (int(offset), int(size))
-        else:
-            weight_key, rows = comfy_key, None
-        module_path = weight_key[: -len(".weight")]
-        weight = comfy.utils.get_attr(model.model, weight_key)
-        out_features = rows[1] if rows else int(weight.shape[0])
-        targets[name] = Target(name, module_path, rows, int(weight.shape[1]), out_features)
-    if not targets:
-        raise ValueError(f"{node}: found no attention layers to adapt in this {family_name(family)} model.")
-    # The model's own module order (then row offset in a fused weight), not the mapping's:
-    # unet_to_diffusers iterates sets, so its order changes with Python's hash seed, and the
-    # adapter's per-layer init follows this order (a seed must give the same adapter every run).
-    position = {path: i for i, (path, _) in enumerate(model.model.named_modules())}
-    return dict(sorted(targets.items(), key=lambda item: (position[item[1].module], item[1].rows or (0, 0))))
-
-
-def layer_shapes(targets: dict[str, Target]) -> dict[str, tuple[int, int]]:
-    return {name: (t.in_features, t.out_features) for name, t in targets.items()}
-
 
 def check_compatible(adapter: TLoRA, model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, Target]:
     """The targets the adapter's layers bind to; an error naming both sides if they don't fit."""
-    family = model_family(model, node)
+    family = kind_of(model, node).family
     check_sampling(model, node)
     trained_for = adapter.config.model_family
     if trained_for and trained_for != family:
@@ -190,56 +95,6 @@ def check_compatible(adapter: TLoRA, model: comfy.model_patcher.ModelPatcher, no
             f"Use a T-LoRA trained on this checkpoint's architecture."
         )
     return {n: targets[n] for n in adapter.names}
-
-
-# -- sigma -> timestep -------------------------------------------------------------------------------
-_FLOW = (comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.ModelSamplingDiscreteFlow)
-
-
-def _is_supported(model_sampling: Any) -> bool:
-    return isinstance(model_sampling, _FLOW + (comfy.model_sampling.ModelSamplingDiscrete,))
-
-
-def _sampling_name(model_sampling: Any) -> str:
-    """ComfyUI names its sampling classes "ModelSampling" (a mix-in of parameterisation and
-    schedule): name the schedule part instead, e.g. ModelSamplingContinuousEDM."""
-    for cls in type(model_sampling).__mro__:
-        if cls.__module__ == comfy.model_sampling.__name__ and cls.__name__.startswith("ModelSampling") and cls.__name__ != "ModelSampling":
-            return cls.__name__
-    return type(model_sampling).__name__
-
-
-_SAMPLING_FIX = (
-    "T-LoRA's schedule needs the timesteps of discrete SD sampling (eps, v or lcm) or flow matching (FLUX); "
-    "continuous EDM/V models (e.g. Playground v2.5, CosXL) have none. Use another checkpoint, or remove the "
-    "model-sampling node that switched it."
-)
-
-
-def check_sampling(model: comfy.model_patcher.ModelPatcher, node: str) -> None:
-    model_sampling = model.get_model_object("model_sampling")
-    if not _is_supported(model_sampling):
-        raise ValueError(f"{node}: this MODEL samples with {_sampling_name(model_sampling)}. {_SAMPLING_FIX}")
-
-
-def sigma_to_timestep(model_sampling: Any, sigma: torch.Tensor) -> torch.Tensor:
-    """The reference's t for each row's sigma (SPEC §2).
-
-    Discrete (SD1.5/SD2/SDXL, eps or v): the model's own ``timestep(sigma)``, the index of the
-    closest training sigma (for LCM's 50-entry table, mapped back to 0..999 by the class itself).
-    Flow (FLUX, SD3-style): t = 1000 * sigma, shift included since sigma is already shifted;
-    rounded to 1e-3 so that sigma = t/1000 written in float32 gives back exactly t.
-    """
-    if isinstance(model_sampling, _FLOW):
-        return torch.round(sigma.double() * 1000.0, decimals=3)
-    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscreteEDM):
-        # its timestep() is 0.25·log(sigma), not an index: use the closest entry of its table
-        return comfy.model_sampling.ModelSamplingDiscrete.timestep(model_sampling, sigma).double()
-    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
-        return model_sampling.timestep(sigma).double()
-    raise ValueError(
-        f"T-LoRA: a node after Timestep-Aware Apply switched the model to {_sampling_name(model_sampling)}. {_SAMPLING_FIX}"
-    )
 
 
 # -- the runtime ---------------------------------------------------------------------------------
@@ -515,148 +370,3 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
         model.add_callback_with_key(event, KEY, callback)
     model.set_attachments(KEY, stack)
     return stack
-
-
-# -- training-only glue --------------------------------------------------------------------------
-def timestep_to_sigma(model_sampling: Any, timesteps: torch.Tensor) -> torch.Tensor:
-    """The sigma the trainer noises a sample to for its drawn timestep (SPEC §5): the model's own
-    discrete table for SD models, sigma = t / 1000 for flow models."""
-    if isinstance(model_sampling, _FLOW):
-        return timesteps.to(torch.float32) / 1000.0
-    if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
-        return model_sampling.sigma(timesteps.to(torch.float32).to(model_sampling.sigmas.device))
-    raise ValueError(f"T-LoRA Train: can't train a model that samples with {_sampling_name(model_sampling)}. {_SAMPLING_FIX}")
-
-
-class OutputCapture:
-    """Keeps the diffusion model's raw prediction (ε, v or velocity) of each call, which is what
-    the loss compares against; apply_model only returns the denoised latent."""
-
-    KEY = KEY + "_capture"
-
-    def __init__(self, model: comfy.model_patcher.ModelPatcher) -> None:
-        self.outputs: list[torch.Tensor] = []
-        model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY)
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY, self)
-
-    def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = executor(*args, **kwargs)
-        self.outputs.append(out)
-        return out
-
-    def take(self) -> torch.Tensor:
-        outputs, self.outputs = self.outputs, []
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-
-
-# Families whose blocks update their own inputs in place (Flux: ``txt += ...``, ``x += ...``),
-# which autograd refuses when those tensors were saved for backward.
-INPLACE_FAMILIES = {"flux"}
-
-
-def _own(value: Any) -> Any:
-    return value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def _copy_saved(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.clone()
-
-
-def _as_saved(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
-class _TrainingForward:
-    """Object patch for one top-level block during training.
-
-    checkpoint: activation checkpointing, reentrant: the block first runs without autograd (no
-    graph, nothing saved) and again with autograd during backward. PyTorch's non-reentrant form
-    instead records the graph twice and sends every tensor saved for backward through Python
-    pack/unpack hooks, which on a GPU costs more host time than the block's kernels take
-    (bench/RESULTS.md). The reentrant form passes gradients through its positional tensor inputs
-    only, so every tensor argument is passed positionally; an adapted block whose inputs need
-    no gradient (the first one) gets a dummy input that does, so that its adapters' gradients
-    flow; a block with no adapter and no such input runs without autograd.
-    inplace: the block updates tensors in place (FLUX: ``txt += ...``), which autograd refuses
-    for tensors it saved, and which would corrupt what a recomputation starts from: it runs on
-    copies of its tensor arguments, with the tensors it saves for backward copied too.
-    """
-
-    def __init__(self, module: torch.nn.Module, checkpoint: bool, adapted: bool, inplace: bool) -> None:
-        self.module = module
-        self.checkpoint = checkpoint
-        self.adapted = adapted  # holds adapted layers
-        self.inplace = inplace
-
-    def _run(self, *args: Any, **kwargs: Any) -> Any:
-        forward = type(self.module).forward
-        if not self.inplace:
-            return forward(self.module, *args, **kwargs)
-        with torch.autograd.graph.saved_tensors_hooks(_copy_saved, _as_saved):
-            return forward(self.module, *map(_own, args), **{k: _own(v) for k, v in kwargs.items()})
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.checkpoint and torch.is_grad_enabled():
-            return _checkpointed(self._run, args, kwargs, self.adapted)
-        return self._run(*args, **kwargs)
-
-
-def _checkpointed(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], adapted: bool) -> Any:
-    keys = list(kwargs)
-    values = [*args, *kwargs.values()]
-    where = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
-    tensors = [values[i] for i in where]
-    trainable_input = any(t.requires_grad for t in tensors)
-    if not adapted and not trainable_input:
-        with torch.no_grad():  # nothing in or before this block is trained: no graph to keep
-            return fn(*args, **kwargs)
-
-    def run(*given: torch.Tensor) -> Any:
-        filled = list(values)
-        for i, tensor in zip(where, given):
-            filled[i] = tensor
-        return fn(*filled[: len(args)], **dict(zip(keys, filled[len(args) :])))
-
-    if not trainable_input:  # the first adapted block: see _TrainingForward
-        tensors.append(torch.ones((), requires_grad=True))
-    return torch.utils.checkpoint.checkpoint(run, *tensors, use_reentrant=True)
-
-
-def add_training_patches(model: comfy.model_patcher.ModelPatcher, gradient_checkpointing: bool) -> int:
-    """Patch the diffusion model's top-level blocks (the ones ComfyUI's own trainer checkpoints)
-    on this training clone only, for checkpointing and/or in-place safety; ModelPatcher removes
-    the patches with the rest. Returns how many blocks were patched."""
-    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward
-
-    if not gradient_checkpointing and model_family(model, "T-LoRA Train") not in INPLACE_FAMILIES:
-        return 0
-    blocks = find_all_highest_child_module_with_forward(model.model.diffusion_model)
-    paths = {id(m): n for n, m in model.model.named_modules()}
-    stack = get_stack(model)
-    adapted_modules = set(map(id, stack.modules)) if stack is not None else set()
-    inplace = model_family(model, "T-LoRA Train") in INPLACE_FAMILIES
-    for block in blocks:
-        adapted = any(id(m) in adapted_modules for m in block.modules())
-        patch = _TrainingForward(block, gradient_checkpointing, adapted, inplace)
-        model.add_object_patch(f"{paths[id(block)]}.forward", patch)
-    return len(blocks)
-
-
-def make_weights_autograd_safe(model: comfy.model_patcher.ModelPatcher) -> int:
-    """Replace weights created under ``torch.inference_mode`` (as every loader node creates them)
-    by equal ordinary tensors: autograd can't save inference tensors for backward, and every layer
-    after the first adapted one needs its weight saved. Values are unchanged. Returns how many."""
-    replaced = 0
-    with torch.inference_mode(False), torch.no_grad():
-        for module in model.model.diffusion_model.modules():
-            for name, param in list(module._parameters.items()):
-                if param is not None and param.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
-                    replaced += 1
-            for name, buffer in list(module._buffers.items()):
-                if buffer is not None and buffer.is_inference():
-                    module._buffers[name] = buffer.clone()
-                    replaced += 1
-    if replaced:
-        log.info("T-LoRA: made %d inference-mode tensors usable for training (values unchanged).", replaced)
-    return replaced

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 import folder_paths
@@ -26,7 +25,7 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tlora
 from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
-from . import compat, patching
+from . import compat, model_kinds, patching, training_patches
 from .load import tlora_files
 from .routes import prompt_server
 from .types import CATEGORY, TLora, node_message
@@ -42,68 +41,43 @@ RESUME_EXACT = ("learning_rate", "batch_size", "images", "training_dtype")
 PROGRESS_EVENT = "tlora.train.progress"
 
 
-# -- the maths that depends on the model's parameterisation --------------------------------------------
-def training_target(model_sampling, sigma: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """What the diffusion model should output for x_t = noise_scaling(sigma, noise, x0).
-
-    ε-prediction: the noise. v-prediction: (σd²·noise − σ·x0) / (σd·sqrt(σ² + σd²)), diffusers'
-    velocity in ComfyUI's sigma parameterisation. Flow (CONST): the velocity noise − x0.
-    """
-    kind = prediction(model_sampling)
-    if kind == "flow":
-        return noise - x0
-    if kind == "v":
-        s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-        sd = float(model_sampling.sigma_data)
-        return (sd**2 * noise - s * x0) / (sd * torch.sqrt(s**2 + sd**2))
-    return noise
-
-
-def prediction(model_sampling) -> str:
-    """"eps", "v" or "flow": what the model predicts; an error for what T-LoRA Train can't train."""
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return "flow"
-    if isinstance(model_sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)):
-        raise ValueError(
-            f"{DISPLAY_NAME}: this MODEL predicts {'EDM-style' if isinstance(model_sampling, comfy.model_sampling.EDM) else 'x0'} "
-            f"outputs; T-LoRA Train trains ε-, v- and flow-prediction models. Use such a checkpoint, or remove "
-            f"the model-sampling node that switched it."
-        )
-    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
-        return "v"
-    if isinstance(model_sampling, comfy.model_sampling.EPS):
-        return "eps"
-    raise ValueError(f"{DISPLAY_NAME}: can't train a model with {type(model_sampling).__name__} prediction.")
-
-
 def check_trainable(model, samples: torch.Tensor) -> None:
     """Everything about the model and the latents that would otherwise fail only after the
     model is loaded and the adapter initialised."""
-    patching.check_sampling(model, DISPLAY_NAME)
-    prediction(model.get_model_object("model_sampling"))
-    channels = model.model.latent_format.latent_channels
-    if samples.dim() != 4 or samples.shape[1] != channels:
-        got = f"{samples.shape[1]} channels" if samples.dim() == 4 else f"shape {tuple(samples.shape)}"
+    kind = model_kinds.kind_of(model, DISPLAY_NAME)
+    model_kinds.check_sampling(model, DISPLAY_NAME)
+    model_kinds.prediction(model.get_model_object("model_sampling"), DISPLAY_NAME)
+    latent_format = model.get_model_object("latent_format")
+    channels = latent_format.latent_channels
+    dims = 2 + getattr(latent_format, "latent_dimensions", 2)  # (B, C, H, W) or (B, C, T, H, W)
+    if samples.dim() not in (4, dims) or samples.shape[1] != channels:
+        got = f"{samples.shape[1]} channels" if samples.dim() in (4, 5) else f"shape {tuple(samples.shape)}"
         raise ValueError(
-            f"{DISPLAY_NAME}: the latents have {got}, this {patching.family_name(patching.model_family(model, DISPLAY_NAME))} "
-            f"model needs {channels}. Encode the images with this model's VAE (VAE Encode)."
+            f"{DISPLAY_NAME}: the latents have {got}, this {kind.label} model needs {channels}. Encode the images "
+            f"with this model's VAE (VAE Encode)."
         )
 
 
-def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
-    """A MASK (image or latent resolution, one or one per image) as 0/1 weights (M, 1, h, w)."""
+def _downscale(model) -> int:
+    """Image pixels per latent pixel (ComfyUI 0.3.64's latent formats don't say: 8)."""
+    return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
+
+
+def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale: int = 8) -> torch.Tensor | None:
+    """A MASK (image or latent resolution, one or one per image) as 0/1 weights (M, 1, h, w).
+    downscale: image pixels per latent pixel (8 for most VAEs, 16 for FLUX.2's, ...)."""
     if mask is None:
         return None
-    n, _, h, w = latents.shape
+    n, h, w = latents.shape[0], latents.shape[-2], latents.shape[-1]
     mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
     if mask.shape[0] not in (1, n):
         raise ValueError(
             f"{DISPLAY_NAME}: got {mask.shape[0]} masks for {n} latents. Give one mask for all images or one per image."
         )
     size = tuple(mask.shape[-2:])
-    if size not in ((h, w), (8 * h, 8 * w)):
+    if size not in ((h, w), (downscale * h, downscale * w)):
         raise ValueError(
-            f"{DISPLAY_NAME}: the mask is {size[1]}x{size[0]} but the latents need {8 * w}x{8 * h} (image size) or "
+            f"{DISPLAY_NAME}: the mask is {size[1]}x{size[0]} but the latents need {downscale * w}x{downscale * h} (image size) or "
             f"{w}x{h} (latent size). Make the mask from the same image you encoded."
         )
     weights = (comfy.utils.reshape_mask(mask, (mask.shape[0], 1, h, w)) > 0.5).float()
@@ -223,7 +197,7 @@ class _TrainSampler(comfy.samplers.Sampler):
     """A Sampler whose ``sample`` is the training loop: ComfyUI has loaded the model, processed
     the conditioning and merged our wrappers by the time it is called."""
 
-    def __init__(self, trainer: Trainer, callbacks: _NodeCallbacks, capture: patching.OutputCapture, weights: torch.Tensor | None):
+    def __init__(self, trainer: Trainer, callbacks: _NodeCallbacks, capture: training_patches.OutputCapture, weights: torch.Tensor | None):
         self.trainer = trainer
         self.callbacks = callbacks
         self.capture = capture
@@ -242,9 +216,9 @@ class _TrainSampler(comfy.samplers.Sampler):
             idx = batch.indices.to(device)
             x0 = latent_image[idx]
             noise_b = batch.noise.to(device, x0.dtype)
-            sigma = patching.timestep_to_sigma(sampling, batch.timesteps).to(device, x0.dtype)
+            sigma = model_kinds.timestep_to_sigma(sampling, batch.timesteps, DISPLAY_NAME).to(device, x0.dtype)
             x_t = sampling.noise_scaling(sigma, noise_b, x0)
-            target = training_target(sampling, sigma, noise_b, x0)
+            target = model_kinds.training_target(sampling, sigma, noise_b, x0, DISPLAY_NAME)
             groups = idx if len(conds) > 1 else torch.zeros_like(idx)
             total = 0.0
             for group in torch.unique(groups).tolist():
@@ -255,6 +229,8 @@ class _TrainSampler(comfy.samplers.Sampler):
                     loss = error.mean()
                 else:
                     w = weights[idx[rows]] if weights.shape[0] > 1 else weights.expand(len(rows), -1, -1, -1)
+                    if error.dim() == 5:
+                        w = w.unsqueeze(2)  # one mask for every frame
                     loss = (error * w).sum() / (w.sum() * error.shape[1])
                 share = len(rows) / len(idx)
                 # backward per group: checkpointed blocks recompute with this group's masks
@@ -363,7 +339,7 @@ class TLoRATrain(io.ComfyNode):
             settings = TrainSettings(
                 steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed, save_every=save_every
             )
-            family = patching.model_family(model, DISPLAY_NAME)
+            family = model_kinds.kind_of(model, DISPLAY_NAME).family
             config = TLoRAConfig(
                 variant=VARIANTS[variant], rank=rank, min_rank=min_rank,
                 schedule_power=schedule_power, init=init, model_family=family,
@@ -374,6 +350,8 @@ class TLoRATrain(io.ComfyNode):
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
         samples = latents["samples"]
         check_trainable(model, samples)
+        if samples.dim() == 4 and getattr(model.get_model_object("latent_format"), "latent_dimensions", 2) == 3:
+            samples = samples.unsqueeze(2)  # an image for a model of 5-D latents (Qwen-Image): one frame, as KSampler does
         if len(positive) not in (1, samples.shape[0]):
             raise ValueError(
                 f"{DISPLAY_NAME}: got {samples.shape[0]} latents but {len(positive)} conditionings. Connect one "
@@ -381,7 +359,7 @@ class TLoRATrain(io.ComfyNode):
             )
         result = train(
             model, samples, positive, settings, config, DTYPES[training_dtype], gradient_checkpointing,
-            subject_weights(mask, samples), filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
+            subject_weights(mask, samples, _downscale(model)), filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
         )
         return io.NodeOutput(
             result.model, result.adapter, {"loss": result.losses}, ui={"tlora_saved": [result.saved]}
@@ -396,7 +374,7 @@ class TrainOutput:
     saved: str  # the final file, relative to the loras folder
 
 
-def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, patching.Target]):
+def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.Target]):
     path = folder_paths.get_full_path("loras", path_name)
     if path is None:
         raise FileNotFoundError(
@@ -419,7 +397,7 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, patching.Tar
         for field in ("model_family", "variant", "rank", "min_rank", "schedule_power", "init")
         if getattr(got, field) != getattr(config, field)
     ]
-    if not differences and loaded.adapter.shapes() != patching.layer_shapes(targets):
+    if not differences and loaded.adapter.shapes() != model_kinds.layer_shapes(targets):
         differences.append("its layers (another architecture)")
     if differences:
         raise ValueError(
@@ -448,7 +426,7 @@ def train(
     gradient_checkpointing: bool, weights: torch.Tensor | None, filename_prefix: str, resume_from: str | None,
     node_id: str | None = None,
 ) -> TrainOutput:
-    targets = patching.find_targets(model, DISPLAY_NAME)
+    targets = model_kinds.find_targets(model, DISPLAY_NAME)
     files = RunFiles.new(filename_prefix)
     device = model.load_device
     if config.model_family == "flux" and config.variant == "tlora":
@@ -464,7 +442,7 @@ def train(
             _warn_if_resumed_differently(resume_from, loaded.metadata, metadata)
             adapter, state = loaded.adapter, loaded.training_state
         else:
-            shapes = patching.layer_shapes(targets)
+            shapes = model_kinds.layer_shapes(targets)
             adapter = TLoRA.create(config, shapes, settings.seed, svd_device=device, progress=_init_progress(node_id))
             state = None
         adapter.to(device).requires_grad_(True)
@@ -480,11 +458,11 @@ def train(
             # copy when the dtype differs): only when the weights aren't already in ``dtype``
             train_model.set_model_compute_dtype(dtype)
         patching.attach(train_model, adapter, 1.0, DISPLAY_NAME).training = True
-        capture = patching.OutputCapture(train_model)
-        patching.add_training_patches(train_model, gradient_checkpointing)
+        capture = training_patches.OutputCapture(train_model)
+        training_patches.add_training_patches(train_model, gradient_checkpointing, DISPLAY_NAME)
         train_model.model.requires_grad_(False)
         comfy.model_management.load_models_gpu([train_model], memory_required=1e20, force_full_load=True)
-        patching.make_weights_autograd_safe(train_model)
+        training_patches.make_weights_autograd_safe(train_model)
 
         guider = Guider_Basic(train_model)
         guider.set_conds(positive)

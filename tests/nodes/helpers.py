@@ -15,7 +15,7 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.internal import make_locked_method_func
 
-from tlora_nodes.nodes import patching
+from tlora_nodes.nodes import model_kinds, patching
 from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
 
 from . import tiny
@@ -30,10 +30,10 @@ def run_node(node_cls, hidden: dict | None = None, **inputs):
 
 def make_adapter(model, variant="tlora", rank=8, min_rank=2, power=1.0, seed=0, scale=0.05, family=None) -> TLoRA:
     """An adapter for this model's layers, moved away from its (zero-delta) init."""
-    targets = patching.find_targets(model, "test")
-    family = family or patching.model_family(model, "test")
+    targets = model_kinds.find_targets(model, "test")
+    family = family or model_kinds.kind_of(model, "test").family
     config = TLoRAConfig(variant=variant, rank=rank, min_rank=min_rank, schedule_power=power, model_family=family)
-    adapter = TLoRA.create(config, patching.layer_shapes(targets), seed=seed)
+    adapter = TLoRA.create(config, model_kinds.layer_shapes(targets), seed=seed)
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for p in adapter.trainable_parameters():
@@ -54,7 +54,7 @@ def merged_model(model, adapter: TLoRA, rank: int, strength: float = 1.0):
     added straight into the weights (fused Flux weights at their row offsets)."""
     base = copy_model(model.model)
     mask = torch.cat([torch.ones(rank), torch.zeros(adapter.config.rank - rank)])
-    targets = patching.find_targets(model, "test")
+    targets = model_kinds.find_targets(model, "test")
     with torch.no_grad():
         for name, layer in adapter.items():
             target = targets[name]

@@ -457,6 +457,6 @@ def test_continuous_edm_models_are_refused_when_applied_and_when_switched_later(
 def test_unsupported_model_is_refused_with_the_list(tiny, helpers):
     model = tiny.build("sd15")
     adapter = helpers.make_adapter(model)
-    model.model.model_config = type("SD3", (), {"unet_config": {}})()
-    with pytest.raises(ValueError, match="T-LoRA can't adapt a SD3 model \\(supported: SD1.5"):
+    model.model.model_config = type("StableCascade_C", (), {"unet_config": {}})()
+    with pytest.raises(ValueError, match="T-LoRA can't adapt a StableCascade_C model: .*\\(SD1.5, SD2, SDXL, .*FLUX.1, SD3"):
         apply(helpers, model, adapter)

@@ -32,7 +32,7 @@ def bad_inputs(tiny, helpers, loras_dir) -> dict[str, list[str]]:
     positive = tiny.conditioning("sd15")[0]
     latents = {"samples": torch.zeros(1, 4, 8, 8)}
     unknown = tiny.build("sd15")
-    unknown.model.model_config = type("SD3", (), {"unet_config": {}})()
+    unknown.model.model_config = type("StableCascade_C", (), {"unet_config": {}})()
 
     def train(model=sd15, **changes):
         inputs = dict(TRAIN_INPUTS, **changes)

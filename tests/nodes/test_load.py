@@ -102,5 +102,5 @@ def test_bad_override_names_the_node(tiny, helpers, loras_dir):
     from tlora_nodes.tlora_core import save_tlora
 
     save_tlora(str(loras_dir / "a.safetensors"), helpers.make_adapter(tiny.build("sd15"), rank=8, min_rank=3))
-    with pytest.raises(ValueError, match="T-LoRA Load: min_rank \\(9\\) must be <= rank \\(8\\)"):
+    with pytest.raises(ValueError, match="T-LoRA Load: min_rank \\(9\\) is above the rank of 'a.safetensors' \\(8\\). Set 'min_rank' to at most 8"):
         load(helpers, "a.safetensors", min_rank=9)

@@ -78,10 +78,10 @@ def interrupt_inside_step(monkeypatch, step):
     checks on every op, and clears the flag as it raises)."""
     import comfy.model_management
 
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import training_patches
 
     calls = []
-    original = patching.OutputCapture.__call__
+    original = training_patches.OutputCapture.__call__
 
     def call(self, executor, *args, **kwargs):
         calls.append(1)
@@ -90,7 +90,7 @@ def interrupt_inside_step(monkeypatch, step):
             comfy.model_management.throw_exception_if_processing_interrupted()
         return original(self, executor, *args, **kwargs)
 
-    monkeypatch.setattr(patching.OutputCapture, "__call__", call)
+    monkeypatch.setattr(training_patches.OutputCapture, "__call__", call)
 
 
 @pytest.mark.parametrize("where", ["between steps", "inside the model call"])
@@ -199,7 +199,7 @@ def test_flux_flow_timesteps_round_trip_exactly(tiny, helpers, loras_dir, monkey
 
 
 def test_masked_loss_ignores_pixels_outside_the_mask(tiny, helpers, loras_dir, monkeypatch):
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import training_patches
 
     model = tiny.build("sd15")
     mask = torch.zeros(1, 64, 64)
@@ -208,9 +208,9 @@ def test_masked_loss_ignores_pixels_outside_the_mask(tiny, helpers, loras_dir, m
     outside[..., 5:] = 1.0
     _, clean, clean_loss = train(helpers, tiny, model, "sd15", mask=mask, init="principal")
 
-    take = patching.OutputCapture.take
+    take = training_patches.OutputCapture.take
     # wreck the prediction outside the mask: a masked loss must not notice
-    monkeypatch.setattr(patching.OutputCapture, "take", lambda self: take(self) + 1000.0 * outside)
+    monkeypatch.setattr(training_patches.OutputCapture, "take", lambda self: take(self) + 1000.0 * outside)
     _, wrecked, wrecked_loss = train(helpers, tiny, model, "sd15", mask=mask, init="principal")
     assert wrecked_loss == clean_loss
     assert all(torch.equal(x, y) for x, y in zip(clean.state_dict().values(), wrecked.state_dict().values()))
@@ -262,10 +262,10 @@ from tests import conftest  # imports the pack as tlora_nodes, like ComfyUI
 from tests.comfyui_env import prepare_in_process
 prepare_in_process(conftest.COMFYUI_PATH)
 from tests.nodes import tiny
-from tlora_nodes.nodes import patching
+from tlora_nodes.nodes import model_kinds
 from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
 model = tiny.build("sdxl")
-shapes = patching.layer_shapes(patching.find_targets(model, "test"))
+shapes = model_kinds.layer_shapes(model_kinds.find_targets(model, "test"))
 adapter = TLoRA.create(TLoRAConfig(rank=8, min_rank=4, model_family="sdxl"), shapes, seed=7)
 print([(name, round(float(layer.q.sum()), 6)) for name, layer in adapter.items()])
 """
@@ -311,16 +311,15 @@ def test_weights_are_cast_per_call_only_when_the_training_dtype_differs(tiny, he
 def test_training_targets_are_what_the_model_should_predict(tiny):
     import comfy.model_base
 
-    from tlora_nodes.nodes import patching
-    from tlora_nodes.nodes.train import training_target
+    from tlora_nodes.nodes import model_kinds
 
     for kind, model_type in (("sd15", None), ("sd2", comfy.model_base.ModelType.V_PREDICTION), ("flux", None)):
         sampling = tiny.build(kind, model_type=model_type).model.model_sampling
         x0 = torch.randn(3, *tiny.LATENT[kind])
         noise = torch.randn_like(x0)
-        sigma = patching.timestep_to_sigma(sampling, torch.tensor([10, 500, 990]))
+        sigma = model_kinds.timestep_to_sigma(sampling, torch.tensor([10, 500, 990]), "test")
         x_t = sampling.noise_scaling(sigma, noise, x0)
-        target = training_target(sampling, sigma, noise, x0)
+        target = model_kinds.training_target(sampling, sigma, noise, x0, "test")
         # a model that outputs exactly the target denoises x_t back to x0
         torch.testing.assert_close(sampling.calculate_denoised(sigma, target, x_t), x0, rtol=1e-4, atol=1e-4)
 
@@ -469,12 +468,12 @@ def test_training_runs_with_comfyuis_training_flag_set_and_restores_it(tiny, hel
     """ComfyUI 0.33's FLUX RoPE/attention kernels have no backward unless in_training is set."""
     import comfy.model_management as mm
 
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import training_patches
 
     if not hasattr(mm, "in_training"):
         pytest.skip("this ComfyUI has no in_training flag (older than 0.33): its models always differentiate")
     seen = []
-    take = patching.OutputCapture.take
+    take = training_patches.OutputCapture.take
 
     def recording_take(self):
         seen.append(mm.in_training)
@@ -482,7 +481,7 @@ def test_training_runs_with_comfyuis_training_flag_set_and_restores_it(tiny, hel
             raise RuntimeError("boom")
         return take(self)
 
-    monkeypatch.setattr(patching.OutputCapture, "take", recording_take)
+    monkeypatch.setattr(training_patches.OutputCapture, "take", recording_take)
     model = tiny.build("flux")
     train(helpers, tiny, model, "flux", steps=2, gradient_checkpointing=True)  # failed before: no autograd formula
     assert seen == [True, True] and mm.in_training is False
