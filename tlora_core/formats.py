@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import replace
 from typing import Mapping
 
@@ -47,17 +46,20 @@ FORMAT_NAME = "tlora-nodes"
 FORMAT_VERSION = 1
 TRAINING_PREFIX = "training."
 _SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+_TORCH_EXTENSIONS = (".pt", ".pth")
 
 
 def _is_torch_file(path: str) -> bool:
-    """A ``torch.save`` file (zip, or a legacy pickle) rather than safetensors. Safetensors
-    extensions are trusted; other names are sniffed, never unpickled to find out."""
-    if path.lower().endswith(_SAFETENSORS_EXTENSIONS):
-        return False
-    if zipfile.is_zipfile(path):
+    """A ``torch.save`` file rather than safetensors: by its extension, else by its first bytes
+    (a zip, or a pickle); never unpickled to find out."""
+    lower = path.lower()
+    if lower.endswith(_TORCH_EXTENSIONS):
         return True
+    if lower.endswith(_SAFETENSORS_EXTENSIONS):
+        return False
     with open(path, "rb") as f:
-        return f.read(1) == b"\x80"  # pickle protocol >= 2
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"  # zip (torch >= 1.6), or pickle protocol >= 2
 
 
 def summarize_tlora(path: str) -> FileSummary:
