@@ -2,12 +2,14 @@
 
     GET /tlora/info?name=<file in models/loras>   (also /api/tlora/info)
     -> {"name", "source", "variant", "rank", "min_rank", "schedule_power", "model_family",
-        "training_steps", "needs_schedule"}
+        "training_steps", "needs_schedule", "schedule_source", "schedule_reason"}
 
-Reads only the safetensors header (metadata and tensor shapes, never tensor data): the
-Timestep-Aware Apply plot needs rank, min_rank and schedule_power of the file behind a
-T-LoRA Load. Reference files store no schedule: ``needs_schedule`` is true and min_rank is
-what T-LoRA Load uses then (half the rank), schedule_power 1.0.
+Reads only the file's header (safetensors metadata and tensor shapes; a FLUX lora.pt
+memory-mapped, never its tensor data): the Timestep-Aware Apply plot needs rank, min_rank and
+schedule_power of the file behind a T-LoRA Load. Reference files store no schedule:
+``needs_schedule`` is true, and min_rank / schedule_power are what T-LoRA Load uses then, by
+the same rule (``tlora_core.file_schedule``: the run's hparams.yml, else the reference code's
+defaults); ``schedule_source`` and ``schedule_reason`` say which and why.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import logging
 import os
 import sys
 
-from ..tlora_core import TLoRAFileError, reference_min_rank, summarize_tlora
+from ..tlora_core import TLoRAFileError, summarize_tlora, summary_schedule
+from ..tlora_core.reference import is_flux_checkpoint_name
 
 log = logging.getLogger(__name__)
 ROUTE = "/tlora/info"
@@ -34,6 +37,7 @@ def file_info(path: str, name: str) -> dict:
     """Schedule facts of a T-LoRA file, from its header only."""
     try:
         summary = summarize_tlora(path)
+        schedule = summary_schedule(path, summary)
     except TLoRAFileError as err:
         raise InfoError(422, str(err)) from err
     needs_schedule = summary.min_rank is None
@@ -42,11 +46,13 @@ def file_info(path: str, name: str) -> dict:
         "source": summary.source,
         "variant": summary.variant,
         "rank": summary.rank,
-        "min_rank": reference_min_rank(summary.rank) if needs_schedule else summary.min_rank,
-        "schedule_power": 1.0 if summary.schedule_power is None else summary.schedule_power,
+        "min_rank": schedule.min_rank,
+        "schedule_power": schedule.schedule_power,
         "model_family": summary.model_family or None,
         "training_steps": None if needs_schedule else summary.training_steps,
         "needs_schedule": needs_schedule,
+        "schedule_source": schedule.source,
+        "schedule_reason": schedule.reason,
     }
 
 
@@ -55,8 +61,8 @@ def lookup(name: str) -> dict:
 
     if not name:
         raise InfoError(400, "T-LoRA: give the file as ?name=<file in models/loras>.")
-    if not name.lower().endswith(".safetensors"):
-        raise InfoError(400, f"T-LoRA: {name} is not a .safetensors file.")
+    if not (name.lower().endswith(".safetensors") or is_flux_checkpoint_name(name)):
+        raise InfoError(400, f"T-LoRA: {name} is neither a .safetensors file nor a reference FLUX lora.pt.")
     path = folder_paths.get_full_path("loras", name)  # resolves inside the loras folders only
     if path is None or not os.path.isfile(path):
         raise InfoError(404, f"T-LoRA: {name} is not in the loras folder.")

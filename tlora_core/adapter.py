@@ -154,19 +154,26 @@ class TLoRALayer(nn.Module):
         m = mask[: self.rank].to(self.q)
         return ortho_delta_weight(self.q, self.p, self.lam, self.q0, self.p0, self.lam0, m)
 
-    def plain_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def plain_factors(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer as a plain LoRA whose leading components are the active ones.
 
         Returns (down (K, in), up (out, K)) with delta_W(rank r) = up[:, :k] @ down[:k],
         k = ``components(r)``: K = R for Vanilla; for Ortho K = 2R with the trained and the frozen
         branch interleaved, [Q_0; Q0_0; Q_1; Q0_1; ...] and [λ_0·P_0, −λ0_0·P0_0, ...], so that
         "the first r components on" is a slice rather than a mask.
+        dtype: compute in this dtype (the parameters are cast first). float64 makes λ·P exact for
+        float32 parameters, which the export needs: rounding λ·P in float32 is an error of the
+        branch's size, and the two Ortho branches nearly cancel early in training.
         """
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t if dtype is None else t.to(dtype)
+
         if self.variant == "vanilla":
-            return self.down, self.up
+            return cast(self.down), cast(self.up)
         r = self.rank
-        down = torch.stack([self.q, self.q0], dim=1).reshape(2 * r, self.in_features)
-        up = torch.stack([self.p * self.lam, -(self.p0 * self.lam0)], dim=2).reshape(self.out_features, 2 * r)
+        down = torch.stack([cast(self.q), cast(self.q0)], dim=1).reshape(2 * r, self.in_features)
+        branches = [cast(self.p) * cast(self.lam), -(cast(self.p0) * cast(self.lam0))]
+        up = torch.stack(branches, dim=2).reshape(self.out_features, 2 * r)
         return down, up
 
     def components(self, rank: int) -> int:
@@ -174,10 +181,10 @@ class TLoRALayer(nn.Module):
         r = min(int(rank), self.rank)
         return r if self.variant == "vanilla" else 2 * r
 
-    def lora_factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def lora_factors(self, rank: int, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer frozen at the mask with ``rank`` components on, as a plain LoRA:
-        (down (k, in), up (out, k)), k = r for Vanilla, 2r for Ortho."""
-        down, up = self.plain_factors()
+        (down (k, in), up (out, k)), k = r for Vanilla, 2r for Ortho (computed in ``dtype``)."""
+        down, up = self.plain_factors(dtype)
         k = self.components(rank)
         return down[:k], up[:, :k]
 

@@ -1,6 +1,9 @@
-"""T-LoRA files: our self-describing safetensors format, reference import, plain-LoRA export.
+"""T-LoRA files: our self-describing safetensors format, and the one entry point that reads any
+T-LoRA file (ours, or the reference trainer's: see ``reference``). Plain-LoRA export lives in
+``export``.
 
-Only safetensors is ever read; nothing is unpickled.
+Safetensors files are read as such; the reference's FLUX ``lora.pt`` only through
+``torch.load(weights_only=True)`` (``reference.torch_load_tensors``); nothing else is unpickled.
 
 Our format (``format = "tlora-nodes"`` in the safetensors metadata):
     tensors  ``<layer>.down`` / ``<layer>.up``                           (Vanilla)
@@ -10,88 +13,63 @@ Our format (``format = "tlora-nodes"`` in the safetensors metadata):
              training_steps, layers (JSON [[name, in, out], ...]), storage_dtype, format_version
 Layer names are diffusers module paths (what the reference uses and ComfyUI maps).
 
-Reference SD-XL files (``pytorch_lora_weights.safetensors`` from ControlGenAI/T-LoRA, SPEC §6)
-carry no schedule: min_rank and schedule_power come from the caller.
+Reference files (SPEC §6) carry no schedule: ``reference.file_schedule`` settles it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .adapter import INITS, VARIANT_LABELS, TLoRA, TLoRAConfig, TLoRALayer
+from . import reference
+from ._files import (
+    PARAM_NAMES,
+    STORAGE_DTYPES,
+    FileSchedule,
+    FileSummary,
+    LoadedFile,
+    TLoRAFileError,
+    atomic_write,
+    check_finite,
+)
+from ._files import storage_dtype as _storage_dtype_of
+from .adapter import INITS, TLoRA, TLoRAConfig, TLoRALayer
+from .export import KEY_STYLES, LoraTarget, export_lora, lora_key, save_lora
 
 FORMAT_NAME = "tlora-nodes"
 FORMAT_VERSION = 1
 TRAINING_PREFIX = "training."
-STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PARAM_NAMES = {"vanilla": ("down", "up"), "tlora": ("q", "p", "lam", "q0", "p0", "lam0")}
-
-# Reference processor keys: <module>.processor.<proj>_lora.<param>
-_REF_PROJ = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
-_REF_PARAMS = {
-    "vanilla": {"down.weight": "down", "up.weight": "up"},
-    "tlora": {
-        "q_layer.weight": "q",
-        "p_layer.weight": "p",
-        "lambda_layer": "lam",
-        "base_q.weight": "q0",
-        "base_p.weight": "p0",
-        "base_lambda": "lam0",
-    },
-}
-# Cross-attention context width -> model family, for reference files (which don't say).
-_CONTEXT_FAMILY = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+_SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+_TORCH_EXTENSIONS = (".pt", ".pth")
 
 
-class TLoRAFileError(ValueError):
-    """A file that can't be read as a T-LoRA; the message says what was found and the fix."""
-
-
-@dataclass
-class LoadedFile:
-    adapter: TLoRA
-    source: str  # "tlora-nodes" or "reference"
-    metadata: dict[str, str] = field(default_factory=dict)
-    training_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    # True for reference files: their schedule (min_rank, schedule_power) is a placeholder
-    # (min_rank = rank, i.e. no schedule) until the caller supplies the real one.
-    needs_schedule: bool = False
-
-
-@dataclass(frozen=True)
-class FileSummary:
-    """What a T-LoRA file is, from its header alone (no tensor data is read).
-
-    min_rank / schedule_power are None for reference files, which don't store the schedule."""
-
-    source: str  # "tlora-nodes" or "reference"
-    variant: str
-    rank: int
-    min_rank: int | None
-    schedule_power: float | None
-    model_family: str
-    training_steps: int
-
-
-def reference_min_rank(rank: int) -> int:
-    """The min_rank used for a reference file when none is given: half the rank, the paper's."""
-    return max(1, rank // 2)
+def _is_torch_file(path: str) -> bool:
+    """A ``torch.save`` file rather than safetensors: by its extension, else by its first bytes
+    (a zip, or a pickle); never unpickled to find out."""
+    lower = path.lower()
+    if lower.endswith(_TORCH_EXTENSIONS):
+        return True
+    if lower.endswith(_SAFETENSORS_EXTENSIONS):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"  # zip (torch >= 1.6), or pickle protocol >= 2
 
 
 def summarize_tlora(path: str) -> FileSummary:
-    """Read only the safetensors header: metadata for our files, key names and shapes for
-    reference files. Raises TLoRAFileError like ``read_tlora``."""
+    """What the file is, from its header only (safetensors metadata and shapes; for a FLUX
+    lora.pt the memory-mapped state dict). Raises TLoRAFileError like ``read_tlora``."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise TLoRAFileError(f"T-LoRA: file not found: {path}. Put the file in ComfyUI/models/loras.")
+    if _is_torch_file(path):
+        return reference.summarize_flux(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
@@ -114,7 +92,13 @@ def summarize_tlora(path: str) -> FileSummary:
     variant = "tlora" if ranks["tlora"] else "vanilla"
     if not ranks[variant]:
         raise TLoRAFileError(f"T-LoRA: {name} is neither a tlora-nodes file nor a reference T-LoRA file.")
-    return FileSummary("reference", variant, int(ranks[variant]), None, None, "", 0)
+    return FileSummary(reference.SDXL_SOURCE, variant, int(ranks[variant]), None, None, "", 0)
+
+
+def summary_schedule(path: str, summary: FileSummary, min_rank: int | None = None, schedule_power: float | None = None) -> FileSchedule:
+    """``reference.file_schedule`` for a file known by its summary."""
+    stored = None if summary.min_rank is None else (summary.min_rank, summary.schedule_power or 1.0)
+    return reference.file_schedule(path, summary.rank, stored, min_rank, schedule_power)
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -128,18 +112,10 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise TLoRAFileError(
             f"T-LoRA: {os.path.basename(path)} is not a readable safetensors file ({err}). "
-            f"It may be truncated or in another format (.pt/.ckpt files are never loaded); "
-            f"re-download or re-save it as .safetensors."
+            f"It may be truncated or in another format; re-download it or re-save it as .safetensors "
+            f"(of pickled files only a reference FLUX lora.pt is read, and only as plain tensors)."
         ) from err
     return tensors, metadata
-
-
-def _check_finite(name: str, tensor: torch.Tensor, path: str) -> None:
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise TLoRAFileError(
-            f"T-LoRA: {os.path.basename(path)} has NaN or inf values in {name!r}; the training that wrote it "
-            f"diverged. Use an earlier checkpoint or retrain with a lower learning_rate."
-        )
 
 
 def _describe(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
@@ -156,19 +132,36 @@ def _describe(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) 
 
 
 def read_tlora(path: str) -> LoadedFile:
-    """Read our format or a reference SD-XL file as it is, without asking for a schedule.
+    """Read our format, a reference SD-XL file or a reference FLUX lora.pt as it is.
 
-    Reference files come back with ``needs_schedule=True``; see ``load_tlora``.
+    Reference files come back with ``needs_schedule=True`` and a placeholder schedule
+    (min_rank = rank); ``load_tlora`` settles it with ``reference.file_schedule``.
     """
+    if os.path.isfile(path) and _is_torch_file(path):
+        return reference.read_flux(path)
     tensors, metadata = _read(path)
     if metadata.get("format") == FORMAT_NAME:
         return _from_ours(path, tensors, metadata)
-    if any(k.endswith(("_lora.down.weight", "_lora.q_layer.weight")) for k in tensors):
-        return _from_reference(path, tensors)
+    if reference.looks_like_sdxl(tensors):
+        return reference.read_sdxl(path, tensors)
     raise TLoRAFileError(
         f"T-LoRA: {os.path.basename(path)} is neither a tlora-nodes file nor a reference T-LoRA file: "
         f"found {_describe(tensors, metadata)}. Pick a file written by T-LoRA Train or the reference trainer."
     )
+
+
+def settle_schedule(
+    path: str, loaded: LoadedFile, min_rank: int | None = None, schedule_power: float | None = None
+) -> LoadedFile:
+    """``loaded`` (from ``read_tlora(path)``, left untouched: it may be cached) with the schedule
+    ``reference.file_schedule`` decides; the layers are shared, not copied."""
+    config = loaded.adapter.config
+    stored = None if loaded.needs_schedule else (config.min_rank, config.schedule_power)
+    schedule = reference.file_schedule(path, config.rank, stored, min_rank, schedule_power)
+    adapter = loaded.adapter
+    if (schedule.min_rank, schedule.schedule_power) != (config.min_rank, config.schedule_power):
+        adapter = adapter.with_config(min_rank=schedule.min_rank, schedule_power=schedule.schedule_power)
+    return replace(loaded, adapter=adapter, needs_schedule=False, schedule=schedule)
 
 
 def load_tlora(
@@ -176,26 +169,13 @@ def load_tlora(
     min_rank: int | None = None,
     schedule_power: float | None = None,
 ) -> LoadedFile:
-    """Read our format or a reference SD-XL file, with its schedule settled.
+    """Read any T-LoRA file with its schedule settled (``loaded.schedule`` says how).
 
-    min_rank / schedule_power: required (min_rank) for reference files, which don't store the
-    schedule (p defaults to 1.0, the paper's); for our files they override the stored values.
+    min_rank / schedule_power: override the file's values. Reference files don't store them:
+    they come from the run's hparams.yml or the reference code's defaults
+    (``reference.file_schedule``).
     """
-    loaded = read_tlora(path)
-    if loaded.needs_schedule and min_rank is None:
-        raise TLoRAFileError(
-            f"T-LoRA: {os.path.basename(path)} is a reference-trained file; it does not store min_rank (see the "
-            f"run's logs/hparams.yml). Set 'min_rank' on T-LoRA Load (the paper uses half of rank)."
-        )
-    changes: dict[str, object] = {}
-    if min_rank is not None:
-        changes["min_rank"] = int(min_rank)
-    if schedule_power is not None:
-        changes["schedule_power"] = float(schedule_power)
-    if changes:
-        loaded.adapter = loaded.adapter.with_config(**changes)
-        loaded.needs_schedule = False
-    return loaded
+    return settle_schedule(path, read_tlora(path), min_rank, schedule_power)
 
 
 def _damaged_metadata(path: str, what: str) -> TLoRAFileError:
@@ -273,7 +253,7 @@ def _from_ours(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, 
                     f"T-LoRA: {name}: tensor {key!r} has shape {tuple(value.shape)}, expected "
                     f"{tuple(target.shape)} for rank {config.rank}. The file is damaged."
                 )
-            _check_finite(key, value, path)
+            check_finite(key, value, path)
             with torch.no_grad():
                 target.copy_(value.to(torch.float32))
     _check_keys(name, expected, adapter_keys)
@@ -296,94 +276,10 @@ def _check_keys(name: str, expected: set[str], found: set[str]) -> None:
         )
 
 
-def _from_reference(path: str, tensors: dict[str, torch.Tensor]) -> LoadedFile:
-    name = os.path.basename(path)
-    variant = "tlora" if any(k.endswith("_lora.q_layer.weight") for k in tensors) else "vanilla"
-    grouped: dict[str, dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, value in tensors.items():
-        module, sep, rest = key.partition(".processor.")
-        proj, _, param = rest.partition("_lora.")
-        if not sep or proj not in _REF_PROJ or param not in _REF_PARAMS[variant]:
-            unknown.append(key)
-            continue
-        grouped.setdefault(f"{module}.{_REF_PROJ[proj]}", {})[_REF_PARAMS[variant][param]] = value
-    if unknown:
-        raise TLoRAFileError(
-            f"T-LoRA: {name} looks like a reference {VARIANT_LABELS[variant]} file but has {len(unknown)} keys it "
-            f"can't place (e.g. {unknown[0]!r}). Only the reference SD-XL attention processors are supported."
-        )
-    params = PARAM_NAMES[variant]
-    rank = 0
-    for layer_name, found in grouped.items():
-        missing = [p for p in params if p not in found]
-        if missing:
-            raise TLoRAFileError(
-                f"T-LoRA: {name}: layer {layer_name!r} lacks {', '.join(missing)}; the file is incomplete."
-            )
-        rank = max(rank, (found["down"] if variant == "vanilla" else found["q"]).shape[0])
-
-    family = ""
-    layers: dict[str, TLoRALayer] = {}
-    for layer_name in sorted(grouped):
-        found = grouped[layer_name]
-        first = found["down"] if variant == "vanilla" else found["q"]
-        last = found["up"] if variant == "vanilla" else found["p"]
-        fan_in, fan_out, layer_rank = first.shape[1], last.shape[0], first.shape[0]
-        if ".attn2.to_k" in layer_name and not family:
-            family = _CONTEXT_FAMILY.get(fan_in, "")
-        layer = TLoRALayer(fan_in, fan_out, layer_rank, variant)
-        for param in params:
-            value = found[param]
-            if param.startswith("lam") and value.numel() == layer_rank:  # stored as (1, r)
-                value = value.reshape(layer_rank)
-            if tuple(value.shape) != tuple(getattr(layer, param).shape):
-                raise TLoRAFileError(
-                    f"T-LoRA: {name}: {layer_name}.{param} has shape {tuple(value.shape)}, expected "
-                    f"{tuple(getattr(layer, param).shape)}. The file is damaged."
-                )
-            _check_finite(f"{layer_name}.{param}", value, path)
-            with torch.no_grad():
-                getattr(layer, param).copy_(value.to(torch.float32))
-        layers[layer_name] = layer
-    if not family:
-        raise TLoRAFileError(
-            f"T-LoRA: {name}: can't tell which model family it was trained for (no cross-attention to_k layer "
-            f"with a known context width {sorted(_CONTEXT_FAMILY)})."
-        )
-    config = TLoRAConfig(variant=variant, rank=rank, min_rank=rank, init="last", model_family=family)
-    return LoadedFile(TLoRA(config, layers), "reference", {}, needs_schedule=True)
-
-
 # -- writing --------------------------------------------------------------------------------------
-def _storage_dtype(storage_dtype: str) -> torch.dtype:
-    if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"T-LoRA: storage dtype {storage_dtype!r} unknown; use one of {sorted(STORAGE_DTYPES)}.")
-    return STORAGE_DTYPES[storage_dtype]
-
-
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
-    """Write next to ``path``, flush it to disk and rename, so a crash, a power cut or a full disk
-    never leaves half a file under the final name (nor replaces a good one with it)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # ".part": a file left by a crash is not listed as a LoRA (ComfyUI lists *.safetensors).
-    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.safetensors.part")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    usual_mode = os.stat(tmp).st_mode & 0o777  # 0666 less the umask
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, usual_mode)  # safetensors writes owner-only files; a saved model is an ordinary file
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """safetensors through ``atomic_write``: never half a file under the final name."""
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def tlora_metadata(adapter: TLoRA, storage_dtype: str) -> dict[str, str]:
@@ -412,7 +308,7 @@ def save_tlora(
     extra_metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Save in our format. training_state tensors are stored under ``training.`` (checkpoints)."""
-    dtype = _storage_dtype(storage_dtype)
+    dtype = _storage_dtype_of(storage_dtype)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in adapter.items():
         for param in PARAM_NAMES[adapter.config.variant]:
@@ -425,55 +321,24 @@ def save_tlora(
     _atomic_save(tensors, metadata, path)
 
 
-def lora_key(family: str, layer_name: str) -> str:
-    """The key ComfyUI's stock LoraLoader maps to this layer (comfy.lora.model_lora_keys_unet)."""
-    if family == "flux":
-        return f"transformer.{layer_name}"
-    return "lora_unet_" + layer_name.replace(".", "_")
-
-
-def export_lora(adapter: TLoRA, rank: int | None = None) -> dict[str, torch.Tensor]:
-    """The adapter frozen at the mask with ``rank`` components on (default: all) as a plain LoRA.
-
-    Vanilla -> LoRA rank r; T-LoRA -> rank 2r ([P·diag(λ⊙m), P0·diag(−λ0⊙m)] and [Q; Q0]).
-    alpha = LoRA rank, so ComfyUI applies it at scale 1, like T-LoRA strength 1.
-    """
-    full = adapter.config.rank
-    rank = full if rank is None else int(rank)
-    if not 1 <= rank <= full:
-        raise ValueError(f"T-LoRA: export rank ({rank}) must be between 1 and the adapter's rank ({full}).")
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, layer in adapter.items():
-            down, up = layer.lora_factors(rank)
-            key = lora_key(adapter.config.model_family, name)
-            out[f"{key}.lora_up.weight"] = up.contiguous()
-            out[f"{key}.lora_down.weight"] = down.contiguous()
-            out[f"{key}.alpha"] = torch.tensor(float(down.shape[0]))
-    return out
-
-
-def save_lora(path: str, adapter: TLoRA, rank: int | None = None, storage_dtype: str = "fp16") -> None:
-    """Write ``export_lora`` to a file the stock LoraLoader reads."""
-    dtype = _storage_dtype(storage_dtype)
-    tensors = {k: (v if k.endswith(".alpha") else v.to(dtype)) for k, v in export_lora(adapter, rank).items()}
-    _atomic_save(tensors, {"exported_from": FORMAT_NAME, "export_rank": str(rank or adapter.config.rank)}, path)
-
-
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "INITS",
+    "KEY_STYLES",
+    "FileSchedule",
+    "FileSummary",
     "LoadedFile",
+    "LoraTarget",
     "STORAGE_DTYPES",
     "TLoRAFileError",
     "export_lora",
-    "FileSummary",
     "load_tlora",
     "lora_key",
     "read_tlora",
-    "reference_min_rank",
-    "summarize_tlora",
     "save_lora",
     "save_tlora",
+    "settle_schedule",
+    "summarize_tlora",
+    "summary_schedule",
 ]

@@ -111,11 +111,12 @@ def test_reference_sdxl_file_imports_with_exact_key_set(tmp_path, variant, keys)
     assert out_layer.in_features == 1280
 
 
-def test_reference_file_needs_min_rank_from_the_user(tmp_path):
+def test_reference_file_without_hparams_gets_the_reference_code_defaults(tmp_path):
     path = str(tmp_path / "pytorch_lora_weights.safetensors")
     save_file(reference_state_dict("vanilla", rank=4), path)
-    with pytest.raises(TLoRAFileError, match="does not store min_rank.*Set 'min_rank' on T-LoRA Load"):
-        load_tlora(path)
+    loaded = load_tlora(path)
+    assert (loaded.adapter.config.min_rank, loaded.adapter.config.schedule_power) == (1, 1.0)
+    assert loaded.schedule.source == "default" and "no hparams.yml" in loaded.schedule.reason
 
 
 def test_reference_file_with_a_missing_key_is_refused(tmp_path):
@@ -146,7 +147,8 @@ def test_export_gives_a_plain_lora_with_the_same_delta(tmp_path, variant, rank):
     for name, layer in adapter.items():
         key = "lora_unet_" + name.replace(".", "_")
         up, down, alpha = sd[f"{key}.lora_up.weight"], sd[f"{key}.lora_down.weight"], sd[f"{key}.alpha"]
-        k = min(r, layer.rank) * (1 if variant == "vanilla" else 2)
+        k = down.shape[0]  # ΔW's own rank: at most r (Vanilla) or 2r (T-LoRA), and the layer's size
+        assert k <= min(min(r, layer.rank) * (1 if variant == "vanilla" else 2), layer.in_features, layer.out_features)
         assert down.shape == (k, layer.in_features) and up.shape == (layer.out_features, k)
         assert float(alpha) == k  # ComfyUI scales by alpha / rank = 1
         torch.testing.assert_close(up @ down, layer.delta_weight(mask).detach(), rtol=1e-5, atol=1e-6)
@@ -177,10 +179,10 @@ def test_truncated_file_is_refused(tmp_path):
         load_tlora(path)
 
 
-def test_pickle_file_is_refused_without_unpickling(tmp_path):
+def test_pickle_of_plain_tensors_that_is_no_reference_checkpoint_is_refused(tmp_path):
     path = str(tmp_path / "lora.pt")
     torch.save({"x": torch.zeros(2)}, path)
-    with pytest.raises(TLoRAFileError, match="not a readable safetensors file"):
+    with pytest.raises(TLoRAFileError, match="lora.pt is not a reference FLUX T-LoRA checkpoint.*'x'"):
         load_tlora(path)
 
 

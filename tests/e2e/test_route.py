@@ -25,6 +25,7 @@ def test_info_of_a_tlora_nodes_file_comes_from_its_metadata(comfy, sdxl_adapter)
         assert body == {
             "name": sdxl_adapter, "source": "tlora-nodes", "variant": "tlora", "rank": 64, "min_rank": 32,
             "schedule_power": 1.0, "model_family": "sdxl", "training_steps": 0, "needs_schedule": False,
+            "schedule_source": "file", "schedule_reason": "stored in the file",
         }
 
 
@@ -38,8 +39,13 @@ def test_info_of_a_reference_file_gives_the_rank_and_the_schedule_load_would_use
     save_file({f"{key}.down.weight": torch.zeros(16, 64), f"{key}.up.weight": torch.zeros(64, 16)}, str(path))
     status, body = info(comfy, "reference/pytorch_lora_weights.safetensors")
     assert status == 200, body
-    assert (body["source"], body["variant"], body["rank"], body["min_rank"], body["schedule_power"]) == ("reference", "vanilla", 16, 8, 1.0)
-    assert body["needs_schedule"] is True
+    # no hparams.yml beside it: the reference code's default min_rank 1, as T-LoRA Load uses it
+    assert (body["source"], body["variant"], body["rank"], body["min_rank"], body["schedule_power"]) == ("reference", "vanilla", 16, 1, 1.0)
+    assert body["needs_schedule"] is True and body["schedule_source"] == "default"
+    assert "no hparams.yml" in body["schedule_reason"]
+    (path.parent / "hparams.yml").write_text("lora_rank: 16\nmin_rank: 8\nalpha_rank_scale: 2.0\n")
+    status, body = info(comfy, "reference/pytorch_lora_weights.safetensors")
+    assert (status, body["min_rank"], body["schedule_power"], body["schedule_source"]) == (200, 8, 2.0, "hparams")
 
 
 @pytest.mark.parametrize(

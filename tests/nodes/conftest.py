@@ -34,6 +34,8 @@ def loras_dir(tmp_path, monkeypatch):
 
     folder = tmp_path / "loras"
     folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
+    # the extensions ComfyUI itself lists in models/loras (.pt included)
+    extensions = set(folder_paths.supported_pt_extensions)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], extensions))
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     return folder
