@@ -39,6 +39,8 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.utils
 
+from ..tlora_core import LoraTarget
+
 log = logging.getLogger(__name__)
 
 Slices = Callable[[torch.nn.Module, dict], "list[tuple[str, int, int]]"]
@@ -321,6 +323,21 @@ def find_targets(model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str
 
 def layer_shapes(targets: dict[str, Target]) -> dict[str, tuple[int, int]]:
     return {name: (t.in_features, t.out_features) for name, t in targets.items()}
+
+
+def key_map(model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, LoraTarget]:
+    """Layer name -> where ``tlora_core.export_lora`` writes it so that ComfyUI's stock LoRA loader
+    (and Forge/A1111 for SD) applies it to this model (``lora_key``)."""
+    kind = kind_of(model, node)
+    out: dict[str, LoraTarget] = {}
+    for name, target in find_targets(model, node).items():
+        key, rows = lora_key(kind, target)
+        if rows is None:
+            out[name] = LoraTarget(key)
+        else:
+            weight_rows = comfy.utils.get_attr(model.model, target.module).out_features
+            out[name] = LoraTarget(key, rows, weight_rows)
+    return out
 
 
 def lora_key(kind: ModelKind, target: Target) -> tuple[str, tuple[int, int] | None]:

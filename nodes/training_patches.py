@@ -13,7 +13,6 @@ import torch
 import torch.utils.checkpoint
 
 import comfy.model_patcher
-import comfy.patcher_extension
 
 from . import patching
 from .model_kinds import kind_of
@@ -23,17 +22,17 @@ log = logging.getLogger(__name__)
 
 class OutputCapture:
     """Keeps the diffusion model's raw prediction (ε, v or velocity) of each call, which is what
-    the loss compares against; apply_model only returns the denoised latent."""
-
-    KEY = patching.KEY + "_capture"
+    the loss compares against; apply_model only returns the denoised latent. An object patch of
+    the diffusion model's forward: every model class is called through it (not every one runs
+    ComfyUI's DIFFUSION_MODEL wrappers: SD3's MMDiT doesn't)."""
 
     def __init__(self, model: comfy.model_patcher.ModelPatcher) -> None:
         self.outputs: list[torch.Tensor] = []
-        model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY)
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY, self)
+        self.net = model.model.diffusion_model
+        model.add_object_patch("diffusion_model.forward", self)
 
-    def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = executor(*args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = type(self.net).forward(self.net, *args, **kwargs)
         self.outputs.append(out)
         return out
 

@@ -90,7 +90,9 @@ def denoise_at(model, kind: str, sigma: float, cfg: float = 3.0, seed: int = 0, 
 
 
 class CallLog:
-    """Records (sigma, active rank) for every model call of a patched model."""
+    """Records (sigma, active rank) for every model call of a patched model, from ComfyUI's
+    APPLY_MODEL wrapper (every model class goes through it; not every one runs DIFFUSION_MODEL
+    wrappers): the sigma of each row, and the ranks that call left set."""
 
     KEY = "tlora_test_log"
 
@@ -98,14 +100,14 @@ class CallLog:
         self.calls: list[tuple[list[float], list[int]]] = []
         stack = patching.get_stack(model)
 
-        def record(executor, *args, **kwargs):
-            options = kwargs.get("transformer_options") or next(a for a in args if isinstance(a, dict) and "sigmas" in a)
-            sigmas = options["sigmas"].reshape(-1).tolist()
+        def record(executor, x, t, *args, **kwargs):
+            out = executor(x, t, *args, **kwargs)
+            sigmas = t.reshape(-1).tolist()
             ranks = stack.active_ranks[0].reshape(-1).tolist()
             if len(ranks) == 1:
                 ranks = ranks * len(sigmas)
             self.calls.append((sigmas, ranks))
-            return executor(*args, **kwargs)
+            return out
 
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self.KEY, record)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.KEY, record)
 

@@ -110,7 +110,7 @@ def test_reference_flux_checkpoint_is_listed_and_reproduces_the_reference_delta(
 
     from tlora_nodes.nodes.apply import TimestepAwareApply
     from tlora_nodes.nodes.load import tlora_files
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import model_kinds
 
     name = _reference_flux_run(loras_dir)
     torch.save({"x": torch.zeros(1)}, str(loras_dir / "other.pt"))  # other pickles are not offered
@@ -120,7 +120,7 @@ def test_reference_flux_checkpoint_is_listed_and_reproduces_the_reference_delta(
     assert (adapter.config.rank, adapter.config.min_rank, adapter.config.model_family) == (4, 1, "flux")
     patched = helpers.run_node(TimestepAwareApply, model=model, tlora=adapter, strength_model=1.0)[0]
     deltas = load_file(str(Path(__file__).resolve().parents[1] / "fixtures" / "reference_flux" / "expected_delta.safetensors"))
-    targets = patching.find_targets(model, "test")
+    targets = model_kinds.find_targets(model, "test")
     for sigma in (0.9, 0.5, 0.2):
         t = 1000.0 * sigma
         r = int((1000 - t) * (4 - 1) / 1000) + 1  # the reference's FLUX rank rule, min_rank 1 from its hparams.yml

@@ -36,13 +36,13 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("kind", ["sd15", "sdxl", "flux"])
 @pytest.mark.parametrize("storage", ["fp16", "bf16"])
 def test_stock_loader_applies_the_export_exactly(tiny, helpers, tmp_path, kind, storage):
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import model_kinds
     from tlora_nodes.tlora_core import save_lora
 
     model = tiny.build(kind)
     variant = "vanilla" if kind == "flux" else "tlora"
     adapter = helpers.make_adapter(model, variant=variant, rank=8, min_rank=2, scale=0.01)
-    targets = patching.find_targets(model, "test")
+    targets = model_kinds.find_targets(model, "test")
     for rank in (8, 3):
         path = str(tmp_path / f"{kind}_{rank}.safetensors")
         save_lora(path, adapter, rank=rank, storage_dtype=storage)
@@ -60,7 +60,7 @@ def test_stock_loader_applies_the_export_exactly(tiny, helpers, tmp_path, kind, 
 
 
 def test_flux_diffusers_key_style_also_loads_in_comfyui(tiny, helpers, tmp_path):
-    from tlora_nodes.nodes import patching
+    from tlora_nodes.nodes import model_kinds
     from tlora_nodes.tlora_core import save_lora
 
     model = tiny.build("flux")
@@ -68,7 +68,7 @@ def test_flux_diffusers_key_style_also_loads_in_comfyui(tiny, helpers, tmp_path)
     path = str(tmp_path / "peft.safetensors")
     save_lora(path, adapter, storage_dtype="fp32", key_style="diffusers")
     deltas = stock_weight_deltas(model, path)
-    targets = patching.find_targets(model, "test")
+    targets = model_kinds.find_targets(model, "test")
     for name, layer in adapter.items():
         target = targets[name]
         got = deltas[target.module + ".weight"]

@@ -83,12 +83,12 @@ def interrupt_inside_step(monkeypatch, step):
     calls = []
     original = training_patches.OutputCapture.__call__
 
-    def call(self, executor, *args, **kwargs):
+    def call(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == step:  # batch_size rows share one call per step
             comfy.model_management.interrupt_current_processing()
             comfy.model_management.throw_exception_if_processing_interrupted()
-        return original(self, executor, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(training_patches.OutputCapture, "__call__", call)
 
