@@ -5,10 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import TimestepAwareApply
+from .export import TLoRAExport
 from .load import TLoRALoad
 from .train import TLoRATrain
 
-NODES: list[type[io.ComfyNode]] = [TLoRATrain, TLoRALoad, TimestepAwareApply]
+NODES: list[type[io.ComfyNode]] = [TLoRATrain, TLoRALoad, TimestepAwareApply, TLoRAExport]
 
 
 class TLoRAExtension(ComfyExtension):

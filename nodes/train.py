@@ -96,14 +96,14 @@ class RunFiles:
     root: str
 
     @classmethod
-    def new(cls, filename_prefix: str) -> "RunFiles":
+    def new(cls, filename_prefix: str, node: str = DISPLAY_NAME) -> "RunFiles":
         root = os.path.abspath(folder_paths.get_folder_paths("loras")[0])
         os.makedirs(root, exist_ok=True)
         try:
             folder, filename, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
         except Exception as err:  # ComfyUI raises a bare Exception for paths outside the folder
             raise ValueError(
-                f"{DISPLAY_NAME}: filename_prefix '{filename_prefix}' points outside the loras folder ({root}). "
+                f"{node}: filename_prefix '{filename_prefix}' points outside the loras folder ({root}). "
                 f"Use a relative name like 'tlora/my_cat'."
             ) from err
         os.makedirs(folder, exist_ok=True)

@@ -36,12 +36,12 @@ def current() -> dict:
     return {cls.GET_SCHEMA().node_id: describe(cls) for cls in NODES}
 
 
-def test_entrypoint_registers_exactly_the_three_nodes():
+def test_entrypoint_registers_exactly_the_four_nodes():
     import tlora_nodes
 
     extension = asyncio.run(tlora_nodes.comfy_entrypoint())
     nodes = asyncio.run(extension.get_node_list())
-    assert [n.GET_SCHEMA().display_name for n in nodes] == ["T-LoRA Train", "T-LoRA Load", "Timestep-Aware Apply"]
+    assert [n.GET_SCHEMA().display_name for n in nodes] == ["T-LoRA Train", "T-LoRA Load", "Timestep-Aware Apply", "T-LoRA Export"]
     assert {n.GET_SCHEMA().category for n in nodes} == {"T-LoRA"}
 
 
@@ -98,16 +98,6 @@ def test_node_inputs_match_the_shipped_snapshot():
             assert old == new, f"{node_id}.{old['name']} changed type or default"
         assert got["outputs"][: len(shipped["outputs"])] == shipped["outputs"]
         assert got["display_name"] == shipped["display_name"]
-
-
-def test_older_comfyui_gets_a_message_that_says_what_to_do(monkeypatch):
-    import comfyui_version
-
-    import tlora_nodes
-
-    monkeypatch.setattr(comfyui_version, "__version__", "0.3.50")
-    with pytest.raises(RuntimeError, match="needs ComfyUI 0.3.64 or newer.*this is ComfyUI 0.3.50.*Update ComfyUI"):
-        asyncio.run(tlora_nodes.comfy_entrypoint())
 
 
 def test_pyproject_declares_the_same_minimum_comfyui():
