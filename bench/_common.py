@@ -54,8 +54,14 @@ UNET_CONFIGS = {
 # At a small resolution its step time on a CPU is the host-side cost of an SDXL step (what an
 # H100 step is bound by, bench/RESULTS.md), measurable without a GPU.
 UNET_CONFIGS["sdxl-host"] = dict(UNET_CONFIGS["sdxl"], model_channels=32, num_head_channels=16, context_dim=256)
-CONTEXT = {"sd15": (77, 768), "sdxl": (77, 2048), "sdxl-host": (77, 256)}
-CONFIG_CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "sdxl-host": "SDXL"}
+# Qwen-Image (20B) at its real width: 3072 = 24 heads x 128, text 3584 wide; ``--blocks`` of its 60
+# double-stream blocks (the full model is beyond this machine; per-block figures extrapolate).
+UNET_CONFIGS["qwen-image"] = dict(image_model="qwen_image", in_channels=64, out_channels=16, patch_size=2, num_layers=60,
+                                  attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
+                                  axes_dims_rope=(16, 56, 56))
+CONTEXT = {"sd15": (77, 768), "sdxl": (77, 2048), "sdxl-host": (77, 256), "qwen-image": (77, 3584)}
+CONFIG_CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "sdxl-host": "SDXL", "qwen-image": "QwenImage"}
+BLOCKS_KEY = {"qwen-image": "num_layers"}  # the unet_config entry --blocks sets
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -129,6 +135,8 @@ def start(args: argparse.Namespace) -> Path:
 
 def common_arguments(parser: argparse.ArgumentParser, resolution: int, steps: int, repeats: int) -> None:
     parser.add_argument("--arch", choices=sorted(UNET_CONFIGS), default="sd15")
+    parser.add_argument("--blocks", type=int, default=None,
+                        help="DiTs (qwen-image): keep only this many transformer blocks (full width); figures per block")
     parser.add_argument("--resolution", type=int, default=resolution, help="image side in pixels (latent = /8)")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--repeats", type=int, default=repeats)
@@ -174,13 +182,23 @@ def _fill(model: torch.nn.Module, seed: int) -> None:
             p.fill_(1.0)
 
 
-def build_model(arch: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
-    """A full-size ComfyUI model of ``arch`` with random weights, built straight on ``device``."""
+def unet_config(arch: str, blocks: int | None = None) -> dict:
+    """The architecture's config; ``blocks`` keeps only that many transformer blocks (DiTs)."""
+    config = dict(UNET_CONFIGS[arch])
+    if blocks is not None:
+        if arch not in BLOCKS_KEY:
+            raise SystemExit(f"bench: --blocks applies to {', '.join(BLOCKS_KEY)} only.")
+        config[BLOCKS_KEY[arch]] = blocks
+    return config
+
+
+def build_model(arch: str, dtype: torch.dtype, device: torch.device, seed: int = 0, blocks: int | None = None):
+    """A full-width ComfyUI model of ``arch`` with random weights, built straight on ``device``."""
     import comfy.model_patcher
     import comfy.supported_models
 
     config_class = getattr(comfy.supported_models, CONFIG_CLASSES[arch])
-    model_config = config_class(dict(UNET_CONFIGS[arch], dtype=dtype))
+    model_config = config_class(dict(unet_config(arch, blocks), dtype=dtype))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
     _fill(model.diffusion_model, seed)
@@ -221,12 +239,16 @@ def conditioning(arch: str, resolution: int, seed: int, scale: float = 1.0, batc
     if arch.startswith("sdxl"):
         extra = {"pooled_output": torch.randn(batch, 1280, generator=g) * scale, "width": resolution,
                  "height": resolution, "target_width": resolution, "target_height": resolution}
+    if arch == "qwen-image":
+        extra = {"attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
     return [[torch.randn(batch, tokens, width, generator=g) * scale, extra]]
 
 
-def latent_shape(resolution: int) -> tuple[int, int, int]:
-    if resolution % 8:
-        raise SystemExit(f"bench: --resolution ({resolution}) must be a multiple of 8.")
+def latent_shape(resolution: int, arch: str = "sd15") -> tuple[int, ...]:
+    if resolution % 16:
+        raise SystemExit(f"bench: --resolution ({resolution}) must be a multiple of 16.")
+    if arch == "qwen-image":  # its latents are 5-D: 16 channels, one frame
+        return (16, 1, resolution // 8, resolution // 8)
     return (4, resolution // 8, resolution // 8)
 
 

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     log = print
     with torch.inference_mode():
-        t_build, base = c.timed(device, lambda: c.build_model(args.arch, dtype, device, args.seed))
+        t_build, base = c.timed(device, lambda: c.build_model(args.arch, dtype, device, args.seed, args.blocks))
         params = c.count_params(base)
         log(f"built {args.arch} ({params / 1e6:.0f}M params, {args.dtype}) on {device} in {t_build:.1f}s")
         # the adapter lives on the CPU, as T-LoRA Load leaves it; the patch copies it to the device once
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         if patched_keys != len(adapter.names):
             raise SystemExit(f"bench: the stock loader mapped {patched_keys} of {len(adapter.names)} exported layers.")
 
-        shape = (1, *c.latent_shape(args.resolution))
+        shape = (1, *c.latent_shape(args.resolution, args.arch))
         g = torch.Generator().manual_seed(args.seed)
         noise = torch.randn(shape, generator=g)
         latent = torch.zeros(shape)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from tlora_nodes.tlora_core import export_lora
 
     with torch.inference_mode(), c.fast_init():
-        base = c.build_model(args.arch, dtype, device, args.seed)
+        base = c.build_model(args.arch, dtype, device, args.seed, args.blocks)
         adapter = c.make_adapter(base, 64, 32, args.seed, svd_device=device)
         contenders = {"lora": comfy.sd.load_lora_for_models(c.copy_model(base), None, export_lora(adapter), 1.0, 0)[0]}
         for name, tlora in (("tlora", adapter), ("tlora-flat", adapter.with_config(min_rank=64))):
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             contenders[name] = model
         positive = c.conditioning(args.arch, args.resolution, args.seed + 1)
         negative = c.conditioning(args.arch, args.resolution, args.seed + 2, scale=0.5)
-        shape = (1, *c.latent_shape(args.resolution))
+        shape = (1, *c.latent_shape(args.resolution, args.arch))
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
 
         def run(model, steps):

@@ -24,6 +24,9 @@ BUDGET_S=${BUDGET_S:-330}   # optional parts start only before this many seconds
 # WHATIF=fused WARMUP=1 TRAIN_MEASURE=1 COMFY_MEASURE=1 LIMIT_SCALE=3 BUDGET_S=1500): the GPU run
 # uses the defaults.
 DEVICE=${DEVICE:-cuda}; ARCH=${ARCH:-sdxl}; RES=${RES:-1024}; STEPS=${STEPS:-25}; DTYPE=${DTYPE:-bf16}
+# ARCH=qwen-image runs the full Qwen-Image (20B, 60 blocks: 41 GB of bf16 weights, twice in part 1 —
+# it needs a GPU of ~100 GB, e.g. an H200); BLOCKS=N keeps N of its blocks.
+BLOCKS=${BLOCKS:-}
 WHATIF=${WHATIF:-activation,fused-lowp}; WARMUP=${WARMUP:-2}; TRAIN_MEASURE=${TRAIN_MEASURE:-5}; COMFY_MEASURE=${COMFY_MEASURE:-3}
 LIMIT_SCALE=${LIMIT_SCALE:-1}  # multiplies every time limit (a slow CPU rehearsal needs more)
 START=$SECONDS
@@ -54,13 +57,13 @@ part import_check 45 $PY bench/import_check.py --device $DEVICE
 #    path (what lowvram, fp8 and hook-LoRA models use: is it cheaper than merging per rank change?)
 #    and the bench-only proposal fused-lowp (the same in bf16 instead of float32; own weight copy,
 #    5 GB). --fast-init: adapter values without the SVD, timing-neutral (init_cost measures the SVD).
-part apply_overhead 240 $PY bench/apply_overhead.py --arch $ARCH --device $DEVICE --dtype $DTYPE \
+part apply_overhead 240 $PY bench/apply_overhead.py --arch $ARCH ${BLOCKS:+--blocks $BLOCKS} --device $DEVICE --dtype $DTYPE \
     --resolution $RES --steps $STEPS --repeats 3 --fast-init --whatif "$WHATIF" --profile \
     --json "$OUT/apply_overhead_$ARCH.json"
 
 # 2) T-LoRA Train s/step and peak VRAM (rank 64, batch 1, gradient checkpointing), 2 warm-up steps
 #    then 5 timed ones.
-part train_tlora 150 $PY bench/train_step.py --arch $ARCH --device $DEVICE --dtype $DTYPE --resolution $RES \
+part train_tlora 150 $PY bench/train_step.py --arch $ARCH ${BLOCKS:+--blocks $BLOCKS} --device $DEVICE --dtype $DTYPE --resolution $RES \
     --gradient-checkpointing --contenders tlora --repeats 1 --warmup $WARMUP --measure $TRAIN_MEASURE --fast-init \
     --worker-timeout $((140 * LIMIT_SCALE)) --json "$OUT/train_step_${ARCH}_tlora.json"
 

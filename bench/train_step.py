@@ -161,10 +161,10 @@ def worker(args: argparse.Namespace) -> dict:
 
     total_steps = args.warmup + args.measure
     with torch.inference_mode():
-        t_build, model = c.timed(device, lambda: c.build_model(args.arch, dtype, device, args.seed))
+        t_build, model = c.timed(device, lambda: c.build_model(args.arch, dtype, device, args.seed, args.blocks))
         params = c.count_params(model)
         g = torch.Generator().manual_seed(args.seed)
-        latents = {"samples": torch.randn(args.batch_size, *c.latent_shape(args.resolution), generator=g)}
+        latents = {"samples": torch.randn(args.batch_size, *c.latent_shape(args.resolution, args.arch), generator=g)}
         positive = c.conditioning(args.arch, args.resolution, args.seed + 1)
 
     import gc
