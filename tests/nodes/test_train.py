@@ -417,10 +417,10 @@ def test_latents_of_another_model_and_untrainable_sampling_are_refused_before_an
 
 
 def test_divergence_stops_keeps_the_last_checkpoint_and_names_the_step(tiny, helpers, loras_dir, monkeypatch):
-    from tlora_nodes.nodes import train as train_module
+    from tlora_nodes.nodes import model_kinds
     from tlora_nodes.tlora_core import load_tlora
 
-    original = train_module.training_target
+    original = model_kinds.training_target
     calls = []
 
     def poisoned(*args):
@@ -428,7 +428,7 @@ def test_divergence_stops_keeps_the_last_checkpoint_and_names_the_step(tiny, hel
         target = original(*args)
         return target * float("nan") if len(calls) == 3 else target
 
-    monkeypatch.setattr(train_module, "training_target", poisoned)
+    monkeypatch.setattr(model_kinds, "training_target", poisoned)
     with pytest.raises(RuntimeError, match="T-LoRA Train: training diverged at step 3.*checkpoint of step 2 is kept.*step00002"):
         train(helpers, tiny, tiny.build("sd15"), "sd15", steps=6, save_every=2)
     assert saved_files(loras_dir) == ["tlora/test_00001_step00002.safetensors"]
