@@ -18,15 +18,17 @@ import torch
 from . import world
 
 MIN_OBJECT_PIXELS = 6
+# the training background's texture (2-px stripes, period 4 rows) counts as visible above this
+# amplitude of the period-4 component of row-mean luminance; the rendered stripes have about 0.3
+STRIPES_VISIBLE = 0.06
 # palette: background colours first (each labelled with its class), then object colours
 _BG_RGB = [(rgb, k) for k, name in enumerate(world.BG_NAMES) for rgb in world.BACKGROUNDS[name]]
 PALETTE = torch.tensor([rgb for rgb, _ in _BG_RGB] + world.ALL_COLOUR_RGB.tolist())
 PALETTE_CLASS = torch.tensor([k for _, k in _BG_RGB] + list(range(len(world.ALL_COLOURS))))
 PALETTE_IS_OBJECT = torch.tensor([False] * len(_BG_RGB) + [True] * len(world.ALL_COLOURS))
 # area of each shape per size**2 (world.shape_masks), and its centroid's row offset per size
-_SHAPE_AREA = {"circle": np.pi, "square": 4 * 0.85**2, "triangle": 1.9, "diamond": 2 * 1.2**2,
-               "plus": 2 * (0.76 * 2.1) - 0.76**2}
-_SHAPE_ROW_OFFSET = {"circle": 0.0, "square": 0.0, "triangle": (-1.0 + 2.0 / 3.0 * 1.9), "diamond": 0.0, "plus": 0.0}
+_SHAPE_AREA = {"circle": np.pi, "square": 4 * 0.85**2, "triangle": 1.9, "diamond": 2 * 1.2**2, "bar": 4 * 1.15 * 0.5}
+_SHAPE_ROW_OFFSET = {"circle": 0.0, "square": 0.0, "triangle": (-1.0 + 2.0 / 3.0 * 1.9), "diamond": 0.0, "bar": 0.0}
 _OFFSETS = torch.tensor([-0.5, -0.25, 0.0, 0.25, 0.5])
 _SCALES = torch.tensor([0.9, 0.95, 1.0, 1.05, 1.1])
 
@@ -42,6 +44,10 @@ class Verdicts:
     position: torch.Tensor
     object_pixels: torch.Tensor
     shape_iou: torch.Tensor
+    stripes: torch.Tensor  # (B,) amplitude of 2-px horizontal stripes in the background
+
+    def stripes_visible(self) -> torch.Tensor:
+        return self.stripes > STRIPES_VISIBLE
 
     def concept(self) -> torch.Tensor:
         """(B,) bool: the novel concept (its colour and its shape) was generated."""
@@ -107,6 +113,19 @@ def _shape_ious(alpha: torch.Tensor) -> torch.Tensor:
     return iou.max(dim=1).values
 
 
+def stripe_amplitude(rgb: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """(B,) amplitude of a period-4-row luminance wave (the striped background's texture) over
+    the pixels not in ``exclude`` (B, H, W bool), whatever its colours or phase."""
+    lum = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    keep = (~exclude).float()
+    counts = keep.sum(-1)
+    overall = (lum * keep).sum((-1, -2)) / keep.sum((-1, -2)).clamp(min=1)
+    rows = torch.where(counts > 0, (lum * keep).sum(-1) / counts.clamp(min=1), overall.unsqueeze(-1)) - overall.unsqueeze(-1)
+    y = torch.arange(rgb.shape[-2], dtype=torch.float32)
+    wave = torch.polar(torch.ones_like(y), -2 * np.pi * y / 4)
+    return (rows.to(torch.complex64) * wave).sum(-1).abs() * 2 / rgb.shape[-2]
+
+
 def judge(rgb: torch.Tensor) -> Verdicts:
     """rgb: (B, 3, H, W) in [0, 1] (world.SIDE square)."""
     rgb = rgb.float().clamp(0, 1)
@@ -142,7 +161,8 @@ def judge(rgb: torch.Tensor) -> Verdicts:
             alpha = _coverage(pixels[i], obj, bg_colours) * near
             ious[i] = _shape_ious(alpha)
             shape[i] = ious[i].argmax()
-    return Verdicts(bg, colour, shape, position, count, ious)
+    near_object = torch.nn.functional.max_pool2d(is_object.float().unsqueeze(1), 3, 1, 1).squeeze(1) > 0
+    return Verdicts(bg, colour, shape, position, count, ious, stripe_amplitude(rgb, near_object))
 
 
 def judge_accuracy(n: int = 1000, seed: int = 777, noise: float = 0.0) -> dict[str, float]:
@@ -158,6 +178,7 @@ def judge_accuracy(n: int = 1000, seed: int = 777, noise: float = 0.0) -> dict[s
         rgb = rgb + torch.randn(rgb.shape, generator=g) * noise
     v = judge(rgb)
     concept_truth = scenes.colour == len(world.COLOURS)
+    striped = scenes.bg == world.BG_NAMES.index("striped")
     return {
         "images": n,
         "pixel_noise_std": noise,
@@ -167,4 +188,6 @@ def judge_accuracy(n: int = 1000, seed: int = 777, noise: float = 0.0) -> dict[s
         "position": float((v.position == scenes.position()).float().mean()),
         "concept_detected_when_present": float(v.concept()[concept_truth].float().mean()),
         "concept_detected_when_absent": float(v.concept()[~concept_truth].float().mean()),
+        "stripes_detected_when_striped": float(v.stripes_visible()[striped].float().mean()),
+        "stripes_detected_when_not": float(v.stripes_visible()[~striped].float().mean()),
     }

@@ -32,7 +32,7 @@ log = logging.getLogger("memorisation")
 
 UNET_CONFIG = dict(
     use_checkpoint=False, image_size=world.SIDE, in_channels=4, out_channels=4, use_spatial_transformer=True,
-    legacy=False, adm_in_channels=None, model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1],
+    legacy=False, adm_in_channels=None, model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1],
     # no attention at 16x16: self-attention over 256 tokens cost 3/4 of a step on this CPU
     transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1], transformer_depth_middle=1,
     use_linear_in_transformer=False, context_dim=world.CONTEXT_DIM, num_heads=-1, num_head_channels=16,
@@ -42,7 +42,7 @@ UNET_CONFIG = dict(
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 64
     learning_rate: float = 1.5e-3
     warmup: int = 100
@@ -61,8 +61,9 @@ class PretrainSettings:
 
 
 def _world_fingerprint() -> dict:
+    """What pretraining sees of the world (not the concept, which it never sees)."""
     return {
-        "side": world.SIDE, "colours": world.COLOURS, "shapes": world.ALL_SHAPES, "backgrounds": world.BACKGROUNDS,
+        "side": world.SIDE, "colours": world.COLOURS, "shapes": world.SHAPES, "backgrounds": world.BACKGROUNDS,
         "positions": world.POSITIONS, "size": world.SIZE_RANGE, "jitter": world.JITTER,
         "colour_jitter": world.COLOUR_JITTER, "vocab": world.VOCAB, "embed_seed": world.EMBED_SEED,
         "context": [world.CONTEXT_TOKENS, world.CONTEXT_DIM],

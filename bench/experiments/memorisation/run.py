@@ -5,7 +5,7 @@
 1. Judges: accuracy of the analytic judges on held-out renders (judges.py).
 2. Base model: ComfyUI's SD1.5 class at a tiny width, pretrained on the synthetic world
    (model.py; cached under .cache/ by a hash of its settings), and how well it follows captions.
-3. Personalisation: one training image (the novel "sks" object, a pink plus, on the striped
+3. Personalisation: one training image (the novel "sks" object, a pink bar, on the striped
    background, top left; caption "a sks object"), trained with T-LoRA Train as (a) LoRA = Vanilla
    T-LoRA with min_rank = rank, (b) Vanilla T-LoRA, (c) T-LoRA (Ortho), over several seeds; then
    T-LoRA Load -> Timestep-Aware Apply -> KSampler on held-out prompts that put the concept on the
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 log = logging.getLogger("memorisation")
 
-TRAIN_SCENE = dict(background="striped", position="top left", colour="pink", shape="plus", size=3.0)
+TRAIN_SCENE = dict(background="striped", position="top left", colour="pink", shape="bar", size=3.0)
 TRAIN_CAPTION = "a sks object"
 RANK = 8
 METHODS = {  # label -> T-LoRA Train settings
@@ -45,9 +45,10 @@ METHODS = {  # label -> T-LoRA Train settings
     "Vanilla T-LoRA": dict(variant="Vanilla T-LoRA", min_rank=RANK // 2, schedule_power=1.0),
     "T-LoRA": dict(variant="T-LoRA", min_rank=RANK // 2, schedule_power=1.0),
 }
-ABLATIONS = {
-    "T-LoRA, r_min = R/4": dict(variant="T-LoRA", min_rank=RANK // 4, schedule_power=1.0),
-    "T-LoRA, p = 2": dict(variant="T-LoRA", min_rank=RANK // 2, schedule_power=2.0),
+ABLATIONS = {  # label -> (settings, evaluate at every checkpoint or only at the paper's two step counts)
+    "Ortho-LoRA (no schedule)": (dict(variant="T-LoRA", min_rank=RANK, schedule_power=1.0), True),
+    "T-LoRA, r_min = R/4": (dict(variant="T-LoRA", min_rank=RANK // 4, schedule_power=1.0), False),
+    "T-LoRA, p = 2": (dict(variant="T-LoRA", min_rank=RANK // 2, schedule_power=2.0), False),
 }
 GRID_PROMPTS = 6  # held-out prompts shown in grid.png
 
@@ -57,9 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH, else ~/ComfyUI)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per method")
-    p.add_argument("--steps", type=int, nargs="+", default=[250, 400], metavar="N",
-                   help="checkpoints to evaluate; the shortest and longest stand for the paper's LoRA 500 : T-LoRA 800")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--ratio", type=int, nargs=2, default=[500, 800], metavar=("LORA", "TLORA"),
+                   help="steps standing for the paper's LoRA 500 : T-LoRA 800 (every method is evaluated at both)")
+    p.add_argument("--steps", type=int, nargs="*", default=[200], metavar="N", help="further checkpoints to evaluate")
+    p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--samples", type=int, default=4, help="samples per held-out prompt")
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--sampling-steps", type=int, default=20)
@@ -72,12 +74,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = "cpu"
     if args.quick:
         args.seeds = args.seeds[:1]
-        args.steps = [20, 32]
+        args.ratio = [20, 32]
+        args.steps = [12]
         args.samples = 2
         args.pretrain_steps = args.pretrain_steps or 30
         args.no_ablation = True
         if args.out == str(HERE):
             args.out = str(Path(args.cache) / "quick")
+    args.checkpoints = sorted(set(args.steps) | set(args.ratio))
     return args
 
 
@@ -98,7 +102,10 @@ def score(world, verdicts, bgs: torch.Tensor, positions: torch.Tensor) -> dict[s
     train_bg = world.BG_NAMES.index(TRAIN_SCENE["background"])
     train_pos = world.POS_NAMES.index(TRAIN_SCENE["position"])
     concept = verdicts.concept()
-    bg_ok, pos_ok = verdicts.bg == bgs, verdicts.position == positions
+    stripes = verdicts.stripes_visible()
+    # a background follows the prompt when its colours are the prompt's and the training
+    # texture is absent (LoRA often paints the stripes in the prompt's colours)
+    bg_ok, pos_ok = (verdicts.bg == bgs) & ~stripes, verdicts.position == positions
 
     def rate(mask) -> float:
         return float(mask.float().mean())
@@ -111,7 +118,8 @@ def score(world, verdicts, bgs: torch.Tensor, positions: torch.Tensor) -> dict[s
         "position_follows": rate(pos_ok),
         "prompt_follows": rate(bg_ok & pos_ok),
         "concept_and_prompt": rate(concept & bg_ok & pos_ok),
-        "background_memorised": rate(verdicts.bg == train_bg),
+        "stripes_return": rate(stripes),
+        "background_class_memorised": rate(verdicts.bg == train_bg),
         "position_memorised": rate(verdicts.position == train_pos),
         "no_object": rate(verdicts.colour < 0),
     }
@@ -123,7 +131,7 @@ def score_training_prompt(world, verdicts) -> dict[str, float]:
     concept = verdicts.concept()
     return {
         "concept": float(concept.float().mean()),
-        "training_image": float((concept & (verdicts.bg == train_bg) & (verdicts.position == train_pos)).float().mean()),
+        "training_image": float((concept & verdicts.stripes_visible() & (verdicts.position == train_pos)).float().mean()),
     }
 
 
@@ -197,8 +205,8 @@ class Run:
         }
         # the base model on the held-out concept prompts (it has never seen "sks"): a reference row
         prompts = held_out_prompts(world)
-        rgb_h = self.sample(None, [p for p, _, _ in prompts], self.args.samples, seed=1000, key="base-held-out")
-        vh = judges.judge(rgb_h)
+        rgb_h = self.sample(None, [p for p, _, _ in prompts] + [TRAIN_CAPTION], self.args.samples, seed=1000, key="base-held-out")
+        vh = judges.judge(rgb_h[: len(prompts) * self.args.samples])
         bgs = torch.tensor([b for _, b, _ in prompts]).repeat_interleave(self.args.samples)
         poss = torch.tensor([q for _, _, q in prompts]).repeat_interleave(self.args.samples)
         result["held_out_prompts"] = score(world, vh, bgs, poss)
@@ -210,9 +218,9 @@ class Run:
         """One T-LoRA Train run to the longest step count; returns step -> file (relative to loras)."""
         from experiments.memorisation import comfy_graph
 
-        steps = max(self.args.steps)
+        steps = max(self.args.checkpoints)
         every = 0
-        for s in self.args.steps:
+        for s in self.args.checkpoints:
             every = _gcd(every, s)
         prefix = "memo/" + "".join(ch if ch.isalnum() else "_" for ch in label) + f"_seed{seed}"
         inputs = dict(
@@ -224,7 +232,7 @@ class Run:
         outputs = comfy_graph.execute(comfy_graph.train_graph("base", TRAIN_SCENE, TRAIN_CAPTION, inputs))
         final = outputs["train"]["tlora_saved"][0]
         stem = final[: -len("_.safetensors")]
-        return {s: (final if s == steps else f"{stem}_step{s:05}.safetensors") for s in self.args.steps}
+        return {s: (final if s == steps else f"{stem}_step{s:05}.safetensors") for s in self.args.checkpoints}
 
     def evaluate(self, lora: str, seed: int, key: str) -> tuple[dict, dict, torch.Tensor]:
         from experiments.memorisation import judges, world
@@ -236,33 +244,33 @@ class Run:
         v = judges.judge(rgb)
         bgs = torch.tensor([b for _, b, _ in prompts]).repeat_interleave(self.args.samples)
         poss = torch.tensor([q for _, _, q in prompts]).repeat_interleave(self.args.samples)
-        held = judges.Verdicts(*(getattr(v, f)[:n_held] for f in ("bg", "colour", "shape", "position", "object_pixels", "shape_iou")))
-        train = judges.Verdicts(*(getattr(v, f)[n_held:] for f in ("bg", "colour", "shape", "position", "object_pixels", "shape_iou")))
+        held = judges.Verdicts(*(getattr(v, f)[:n_held] for f in ("bg", "colour", "shape", "position", "object_pixels", "shape_iou", "stripes")))
+        train = judges.Verdicts(*(getattr(v, f)[n_held:] for f in ("bg", "colour", "shape", "position", "object_pixels", "shape_iou", "stripes")))
         return score(world, held, bgs, poss), score_training_prompt(world, train), rgb
 
     def personalise(self) -> dict:
-        methods = dict(METHODS)
+        methods = {label: (settings, True) for label, settings in METHODS.items()}
         if not self.args.no_ablation:
             methods.update(ABLATIONS)
         runs = []
         self.images: dict[tuple[str, int, int], torch.Tensor] = {}
-        for label, settings in methods.items():
+        for label, (settings, every_checkpoint) in methods.items():
             for seed in self.args.seeds:
                 t0 = time.perf_counter()
                 files = self.train(label, settings, seed)
                 t_train = time.perf_counter() - t0
-                eval_steps = self.args.steps if label in METHODS else [max(self.args.steps)]
+                eval_steps = self.args.checkpoints if every_checkpoint else sorted(self.args.ratio)
                 for steps in eval_steps:
                     held, train, rgb = self.evaluate(files[steps], seed, key=f"{label}/{seed}/{steps}")
                     if seed == self.args.seeds[0]:
                         self.images[(label, steps, seed)] = rgb
                     runs.append({"method": label, "seed": seed, "steps": steps, "file": files[steps],
                                  "held_out": held, "training_prompt": train})
-                    log.warning("memorisation: %s seed %d @%d: concept %.2f, prompt %.2f, bg memorised %.2f, pos memorised %.2f",
-                                label, seed, steps, held["concept"], held["prompt_follows"], held["background_memorised"],
+                    log.warning("memorisation: %s seed %d @%d: concept %.2f, prompt %.2f, stripes return %.2f, position returns %.2f",
+                                label, seed, steps, held["concept"], held["prompt_follows"], held["stripes_return"],
                                 held["position_memorised"])
                 log.warning("memorisation: %s seed %d trained in %.0f s, total %.0f s", label, seed, t_train, time.perf_counter() - t0)
-        return {"runs": runs, "methods": {k: v for k, v in methods.items()}}
+        return {"runs": runs, "methods": {k: v[0] for k, v in methods.items()}}
 
 
 def _gcd(a: int, b: int) -> int:
@@ -276,10 +284,10 @@ COLUMNS = [  # (key in held_out, header)
     ("concept", "concept ↑"),
     ("background_follows", "bg follows ↑"),
     ("position_follows", "pos follows ↑"),
-    ("prompt_follows", "bg+pos follow ↑"),
-    ("concept_and_prompt", "concept+bg+pos ↑"),
-    ("background_memorised", "bg memorised ↓"),
-    ("position_memorised", "pos memorised ↓"),
+    ("prompt_follows", "bg & pos follow ↑"),
+    ("concept_and_prompt", "concept & bg & pos ↑"),
+    ("stripes_return", "training bg returns ↓"),
+    ("position_memorised", "training pos returns ↓"),
 ]
 
 
@@ -298,7 +306,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], base_row: dict | None) -> str:
+def table(rows: list[dict], base_row: dict | None, ratio: tuple[int, int] = (500, 800)) -> str:
+    """Markdown; rows at the paper's step ratio (LoRA and Vanilla at the short, T-LoRA at the long
+    count) are marked with *."""
     head = "| method | steps | " + " | ".join(h for _, h in COLUMNS) + " | train prompt → training image |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     if base_row is not None:
@@ -307,7 +317,10 @@ def table(rows: list[dict], base_row: dict | None) -> str:
     for row in rows:
         cells = " | ".join(f"{row[k]['mean']:.2f} ± {row[k]['std']:.2f}" for k, _ in COLUMNS)
         t = row["training_prompt_training_image"]
-        lines.append(f"| {row['method']} | {row['steps']} | {cells} | {t['mean']:.2f} ± {t['std']:.2f} |")
+        paper = (row["method"] in ("LoRA", "Vanilla T-LoRA") and row["steps"] == ratio[0]) or (
+            row["method"] == "T-LoRA" and row["steps"] == ratio[1])
+        steps = f"{row['steps']}{' *' if paper else ''}"
+        lines.append(f"| {row['method']} | {steps} | {cells} | {t['mean']:.2f} ± {t['std']:.2f} |")
     return "\n".join(lines)
 
 
@@ -334,7 +347,7 @@ def grid_png(path: Path, run: "Run", world, steps: tuple[int, int]) -> None:
                                              torch.tensor([q]), size=3.0, jitter=False))
     rows.append(("target (rendered)", [world.render(s)[0] for s in target_scenes]))
     base = run.base_images["held_out"]
-    rows.append(("base model", [torch.full((3, world.SIDE, world.SIDE), 0.0)] + [base[i * n] for i in picks]))
+    rows.append(("base model", [base[len(prompts) * n]] + [base[i * n] for i in picks]))
     for label, s in (("LoRA", short), ("Vanilla T-LoRA", short), ("T-LoRA", long), ("LoRA", long)):
         rgb = run.images.get((label, s, seed))
         if rgb is None:
@@ -399,8 +412,8 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grid_png(out / "grid.png", run, world, (min(args.steps), max(args.steps)))
-    md = table(rows, result["base_model"]["held_out_prompts"])
+    grid_png(out / "grid.png", run, world, tuple(args.ratio))
+    md = table(rows, result["base_model"]["held_out_prompts"], tuple(args.ratio))
     (out / "results.md").write_text(md + "\n")
     _common.write_json(str(out / "results.json"), result)
     print(md)

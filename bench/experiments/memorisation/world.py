@@ -6,8 +6,8 @@ are drawn at 4x supersampling and box-filtered, so edges are anti-aliased. Capti
 small vocabulary ("a red circle on striped background, top left"); words become cross-attention
 context through a fixed random token-embedding table (a frozen "text encoder" with no learning).
 
-The novel concept of the experiment, "sks", is a pink plus: a colour and a shape that never
-occur in pretraining and have no word of their own.
+The novel concept of the experiment, "sks", is a pink bar (a wide, flat rectangle): a colour and
+a shape that never occur in pretraining and have no word of their own.
 
 Pure torch: no comfy import, so the judges and the renderer can be tested on their own.
 """
@@ -49,7 +49,7 @@ POSITIONS = {  # quadrant name -> centre (row, col) in pixels
 }
 # The novel concept: never rendered or named in pretraining.
 CONCEPT_COLOUR = ("pink", (1.00, 0.45, 0.75))
-CONCEPT_SHAPE = "plus"
+CONCEPT_SHAPE = "bar"  # aspect about 2.3 : 1, every pretraining shape is about 1 : 1
 CONCEPT_WORD = "sks"
 
 ALL_COLOURS = list(COLOURS) + [CONCEPT_COLOUR[0]]  # object colour index -> name
@@ -148,8 +148,8 @@ def _inside(name: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (v >= -1.0) & (v <= 0.9) & (u.abs() <= (v + 1.0) / 1.9)
     if name == "diamond":
         return u.abs() + v.abs() <= 1.2
-    if name == "plus":
-        return ((u.abs() <= 0.38) & (v.abs() <= 1.05)) | ((v.abs() <= 0.38) & (u.abs() <= 1.05))
+    if name == "bar":
+        return (u.abs() <= 1.15) & (v.abs() <= 0.5)
     raise ValueError(f"memorisation world: unknown shape {name!r}")
 
 
