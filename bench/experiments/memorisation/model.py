@@ -133,7 +133,7 @@ def pretrain(s: PretrainSettings, progress_every: int = 100) -> tuple[dict[str, 
     g = torch.Generator().manual_seed(s.seed)
     unet.train()
     losses: list[float] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(s.steps):
         scenes = world.random_scenes(s.batch_size, g)
         x0 = world.to_model_space(world.render(scenes, g))
@@ -161,10 +161,10 @@ def pretrain(s: PretrainSettings, progress_every: int = 100) -> tuple[dict[str, 
         if progress_every and (step + 1) % progress_every == 0:
             recent = sum(losses[-progress_every:]) / progress_every
             log.warning("pretrain step %d/%d loss %.4f (%.0f s)", step + 1, s.steps, recent, time.perf_counter() - t0)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     window = max(1, s.steps // 20)
     report = {
-        "seconds": round(seconds, 1), "steps": s.steps, "batch_size": s.batch_size, "torch_threads": torch.get_num_threads(),
+        "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "steps": s.steps, "batch_size": s.batch_size, "torch_threads": torch.get_num_threads(),
         "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window,
         "loss_curve": [round(sum(losses[i:i + window]) / len(losses[i:i + window]), 4) for i in range(0, s.steps, window)],
         "parameters": sum(p.numel() for p in params),
