@@ -67,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampling-steps", type=int, default=20)
     p.add_argument("--pretrain-steps", type=int, default=None, help="override (changes the cache key)")
     p.add_argument("--no-ablation", action="store_true")
+    p.add_argument("--methods", nargs="+", default=None, metavar="LABEL",
+                   help="only these methods (labels as in the table), each evaluated at every checkpoint: for follow-ups")
+    p.add_argument("--loras", default=None, help="the loras folder of this run (default: CACHE/loras); emptied first")
+    p.add_argument("--no-grid", action="store_true", help="write no grid.png (follow-ups)")
     p.add_argument("--quick", action="store_true", help="a smoke test: tiny pretraining, one seed, few steps")
     p.add_argument("--cache", default=str(HERE / ".cache"))
     p.add_argument("--out", default=str(HERE), help="where results.json, results.md and grid.png go")
@@ -252,6 +256,11 @@ class Run:
         methods = {label: (settings, True) for label, settings in METHODS.items()}
         if not self.args.no_ablation:
             methods.update(ABLATIONS)
+        if self.args.methods:
+            unknown = [m for m in self.args.methods if m not in methods]
+            if unknown:
+                raise SystemExit(f"memorisation: unknown methods {unknown}; known: {list(methods)}")
+            methods = {m: (methods[m][0], True) for m in self.args.methods}
         runs = []
         self.images: dict[tuple[str, int, int], torch.Tensor] = {}
         for label, (settings, every_checkpoint) in methods.items():
@@ -262,8 +271,7 @@ class Run:
                 eval_steps = self.args.checkpoints if every_checkpoint else sorted(self.args.ratio)
                 for steps in eval_steps:
                     held, train, rgb = self.evaluate(files[steps], seed, key=f"{label}/{seed}/{steps}")
-                    if seed == self.args.seeds[0]:
-                        self.images[(label, steps, seed)] = rgb
+                    self.images[(label, steps, seed)] = rgb
                     runs.append({"method": label, "seed": seed, "steps": steps, "file": files[steps],
                                  "held_out": held, "training_prompt": train})
                     log.warning("%s seed %d @%d: concept %.2f, prompt %.2f, stripes return %.2f, position returns %.2f",
@@ -326,36 +334,40 @@ def table(rows: list[dict], base_row: dict | None, ratio: tuple[int, int] = (500
 
 def grid_png(path: Path, run: "Run", world, steps: tuple[int, int]) -> None:
     """Rows: the prompt's target (rendered), the base model, then each method at the paper's step
-    ratio; columns: the training prompt, then held-out prompts. Seed 0, first sample of each."""
+    ratio (and LoRA at the long count); columns: the training prompt, then held-out prompts. The
+    held-out columns take the seeds in turn (first sample of each), so one row shows seed-to-seed
+    variation; the training-prompt column is the first seed."""
     from PIL import Image, ImageDraw
 
     prompts = held_out_prompts(world)
     n = run.args.samples
+    seeds = run.args.seeds
     # held-out prompts spread over all five backgrounds and three positions
     picks = [i for i in range(len(prompts)) if i % 3 == (i // 3) % 3][:GRID_PROMPTS]
-    scale, pad, label_w, label_h = 4, 4, 150, 30
+    scale, pad, label_w, label_h = 4, 4, 170, 42
     tile = world.SIDE * scale
     short, long = steps
-    seed = run.args.seeds[0]
-    rows: list[tuple[str, list[torch.Tensor]]] = []
-    target_scenes = [world.scenes_at(torch.tensor([world.BG_NAMES.index(TRAIN_SCENE["background"])]),
-                                     torch.tensor([len(world.COLOURS)]), torch.tensor([len(world.SHAPES)]),
-                                     torch.tensor([world.POS_NAMES.index(TRAIN_SCENE["position"])]), size=3.0, jitter=False)]
-    for i in picks:
-        _, b, q = prompts[i]
-        target_scenes.append(world.scenes_at(torch.tensor([b]), torch.tensor([len(world.COLOURS)]), torch.tensor([len(world.SHAPES)]),
-                                             torch.tensor([q]), size=3.0, jitter=False))
-    rows.append(("target (rendered)", [world.render(s)[0] for s in target_scenes]))
+    concept = (torch.tensor([len(world.COLOURS)]), torch.tensor([len(world.SHAPES)]))
+
+    def target(bg: int, pos: int) -> torch.Tensor:
+        return world.render(world.scenes_at(torch.tensor([bg]), *concept, torch.tensor([pos]), size=3.0, jitter=False))[0]
+
+    rows: list[tuple[str, list[torch.Tensor]]] = [(
+        "target (rendered)",
+        [target(world.BG_NAMES.index(TRAIN_SCENE["background"]), world.POS_NAMES.index(TRAIN_SCENE["position"]))]
+        + [target(prompts[i][1], prompts[i][2]) for i in picks])]
     base = run.base_images["held_out"]
     rows.append(("base model", [base[len(prompts) * n]] + [base[i * n] for i in picks]))
-    for label, s in (("LoRA", short), ("Vanilla T-LoRA", short), ("T-LoRA", long), ("LoRA", long)):
-        rgb = run.images.get((label, s, seed))
-        if rgb is None:
+    for label, s in (("LoRA", short), ("Vanilla T-LoRA", short), ("T-LoRA", long), ("T-LoRA, r_min = R/4", long), ("LoRA", long)):
+        if (label, s, seeds[0]) not in run.images:
             continue
-        train_first = len(prompts) * n
-        rows.append((f"{label} @{s}", [rgb[train_first]] + [rgb[i * n] for i in picks]))
-    headers = ["a sks object\n(training)"] + [
-        f"{prompts[i][0].split(' on ')[1].replace(' background', '')}".replace(", ", "\n") for i in picks]
+        tiles = [run.images[(label, s, seeds[0])][len(prompts) * n]]
+        for c, i in enumerate(picks):
+            tiles.append(run.images[(label, s, seeds[c % len(seeds)])][i * n])
+        rows.append((f"{label} @{s}", tiles))
+    headers = [f"a sks object\n(training)\nseed {seeds[0]}"] + [
+        prompts[i][0].split(" on ")[1].replace(" background", "").replace(", ", "\n") + f"\nseed {seeds[c % len(seeds)]}"
+        for c, i in enumerate(picks)]
     width = label_w + len(headers) * (tile + pad)
     height = label_h + len(rows) * (tile + pad)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
@@ -446,7 +458,7 @@ def main(argv=None) -> None:
 
     comfy_graph.register(sys.modules[_common.PACKAGE])
     comfy_graph.MODELS["base"] = base
-    loras = Path(args.cache) / "loras"
+    loras = Path(args.loras) if args.loras else Path(args.cache) / "loras"
     shutil.rmtree(loras, ignore_errors=True)
     loras.mkdir(parents=True)
     folder_paths.folder_names_and_paths["loras"] = ([str(loras)], {".safetensors"})
@@ -467,7 +479,8 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grid_png(out / "grid.png", run, world, tuple(args.ratio))
+    if not args.no_grid:
+        grid_png(out / "grid.png", run, world, tuple(args.ratio))
     md = table(rows, result["base_model"]["held_out_prompts"], tuple(args.ratio))
     (out / "results.md").write_text(report_md(result, md))
     _common.write_json(str(out / "results.json"), result)
