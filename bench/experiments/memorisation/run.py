@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -130,7 +129,7 @@ def score(world, verdicts, bgs: torch.Tensor, positions: torch.Tensor) -> dict[s
 
 
 def score_training_prompt(world, verdicts) -> dict[str, float]:
-    train_bg = world.BG_NAMES.index(TRAIN_SCENE["background"])
+    """With the training prompt: the concept, and the training image itself (concept, stripes, top left)."""
     train_pos = world.POS_NAMES.index(TRAIN_SCENE["position"])
     concept = verdicts.concept()
     return {
