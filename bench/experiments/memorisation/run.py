@@ -1,6 +1,6 @@
 """Does T-LoRA memorise less than LoRA? One command, on a CPU, through the pack's own nodes.
 
-    /work/main/.venv/bin/python bench/experiments/memorisation/run.py [--comfyui PATH] [--threads N]
+    python bench/experiments/memorisation/run.py [--comfyui PATH] [--threads N]
 
 1. Judges: accuracy of the analytic judges on held-out renders (judges.py).
 2. Base model: ComfyUI's SD1.5 class at a tiny width, pretrained on the synthetic world
@@ -383,8 +383,8 @@ def grid_png(path: Path, run: "Run", world, steps: tuple[int, int]) -> None:
 
 
 def report_md(result: dict, main_table: str) -> str:
-    """results.md: everything the table needs to be read (generated; RESULTS_SECTION.md is the
-    hand-written summary)."""
+    """results.md: everything the table needs to be read (generated; the hand-written summary is
+    the section "Memorisation" of bench/RESULTS.md)."""
     a, m, p, b = result["args"], result["machine"], result["pretraining"], result["base_model"]
     judges = result["judges"]
     lines = [

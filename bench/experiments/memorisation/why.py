@@ -1,7 +1,7 @@
 """Why the methods differ: how hard each trained adapter pulls the denoiser toward the training
 image, per noise level. Run after run.py (it reads results.json and the LoRA files in .cache/).
 
-    /work/main/.venv/bin/python bench/experiments/memorisation/why.py [--comfyui PATH] [--threads N]
+    python bench/experiments/memorisation/why.py [--comfyui PATH] [--threads N]
 
 For every held-out prompt, the target scene (the concept on the prompt's background at the
 prompt's position) is noised to timestep t and denoised in one call through ComfyUI's sampling
