@@ -188,6 +188,12 @@ class ComfyServer:
             raise ServerError(f"GET {path} -> {status}: {body[:2000]!r}")
         return json.loads(body)
 
+    def version(self) -> tuple[int, ...]:
+        """The ComfyUI release this server runs (its comfyui_version.py)."""
+        from tests.comfyui_env import comfyui_version
+
+        return tuple(int(part) for part in comfyui_version(self.comfyui).split(".")[:3] if part.isdigit())
+
     def object_info(self, node_type: str | None = None) -> dict:
         return self.get_json("/object_info" + (f"/{urllib.parse.quote(node_type)}" if node_type else ""))
 

@@ -18,7 +18,8 @@ from .conftest import TINY_UNET, loras_dir, read_latent
 
 pytestmark = pytest.mark.e2e
 
-NODES = {"TLoRA_Train": "T-LoRA Train", "TLoRA_Load": "T-LoRA Load", "TLoRA_Apply": "Timestep-Aware Apply"}
+NODES = {"TLoRA_Train": "T-LoRA Train", "TLoRA_Load": "T-LoRA Load", "TLoRA_Apply": "Timestep-Aware Apply",
+         "TLoRA_Export": "T-LoRA Export"}
 
 
 def load_tlora(path):
@@ -44,7 +45,7 @@ def trained(comfy_session):
     return graph, run, again, before
 
 
-def test_object_info_lists_the_three_nodes_in_the_tlora_category(comfy):
+def test_object_info_lists_the_four_nodes_in_the_tlora_category(comfy):
     info = comfy.object_info()
     for node_id, display_name in NODES.items():
         assert node_id in info, f"{node_id} missing from /object_info; server log:\n{comfy.log_tail()}"
@@ -53,6 +54,7 @@ def test_object_info_lists_the_three_nodes_in_the_tlora_category(comfy):
     assert info["TLoRA_Train"]["output"] == ["MODEL", "TLORA", "LOSS_MAP"]
     assert info["TLoRA_Load"]["output"] == ["TLORA"]
     assert info["TLoRA_Apply"]["output"] == ["MODEL"]
+    assert info["TLoRA_Export"]["output"] == ["LORA_MODEL"]
 
 
 def test_train_apply_sample_graph_saves_adapter_and_latent_and_reports_progress(comfy, trained):
@@ -114,6 +116,20 @@ def test_same_graph_queued_twice_is_cached_not_retrained_and_files_stay(comfy, t
     assert again.outputs("train")["tlora_saved"] == ["e2e/run_00001_.safetensors"]
     assert snapshot(loras_dir(comfy)) == before
     assert read_latent(comfy, again.outputs("save")["latents"][0]).equal(read_latent(comfy, first.outputs("save")["latents"][0]))
+
+
+def test_requeued_after_another_prompt_trains_again_into_a_new_file(comfy, trained):
+    """What README (Troubleshooting) and the workflow notes say ComfyUI does by default: 0.3.64's
+    classic cache keeps only the last prompt's results, and 0.33's RAM-pressure cache drops the
+    results of nodes outside the running prompt after each node it runs (its inactive headroom
+    defaults to all of RAM). So after another prompt T-LoRA Train trains again, into a new file."""
+    graph, first, _, _ = trained
+    other = comfy.run(graphs.load_apply_sample(TINY_UNET, "e2e/run_00001_.safetensors", "e2e/other"))
+    assert other.succeeded, other.describe()
+    again = comfy.run(graphs.clone(graph), timeout=600)
+    assert again.succeeded, again.describe()
+    assert again.of_type("tlora.train.progress"), f"ComfyUI {comfy.version()} reused the result"
+    assert again.outputs("train")["tlora_saved"] != first.outputs("train")["tlora_saved"]
 
 
 def test_interrupt_during_training_leaves_a_checkpoint_that_loads_and_resumes(comfy):
