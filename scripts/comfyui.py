@@ -17,7 +17,8 @@ $TLORA_ENV_ROOT (default ~/.cache/tlora-nodes/envs), one per ComfyUI version and
 requirements: ``comfyui-<version>-<hash>``, the hash covering that tree's requirements.txt, the
 pack's requirements, the torch that was asked for and the Python version. A fresh clone of the
 pack finds the environment built before; a changed requirements file builds a new one (and
-removes the stale one of the same version).
+removes environments of the same version unused for STALE_AFTER_S: one that another checkout or a
+running process still uses is kept).
 
     python3 scripts/comfyui.py trees                 # the trees found: "<path>\t<version>\t<how found>"
     python3 scripts/comfyui.py python [TREE]         # the env's python for TREE (built if needed); no TREE: torch only
@@ -34,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +188,7 @@ def ensure_env(tree: Path | None, torch_spec: str | None = None, log=sys.stderr)
     python = folder / "bin" / "python"
     with _locked(root / f".{name}.lock"):
         if (folder / ".complete").is_file():
+            (folder / ".complete").touch()  # its mtime is when it was last used (see prune_stale)
             return python
         print(f"tlora-nodes: building the environment {folder} (once per set of requirements)", file=log, flush=True)
         shutil.rmtree(folder, ignore_errors=True)
@@ -201,11 +204,32 @@ def ensure_env(tree: Path | None, torch_spec: str | None = None, log=sys.stderr)
         (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
         subprocess.run([*pip, "-c", str(constraints), "-r", str(folder / "requirements.txt")], check=True)
         (folder / ".complete").write_text(name + "\n")
-        label = name.rsplit("-", 1)[0]
-        for stale in root.glob(f"{label}-*"):  # the same version's environment for older requirements
-            if stale.is_dir() and stale != folder and re.fullmatch(rf"{re.escape(label)}-[0-9a-f]{{12}}", stale.name):
-                shutil.rmtree(stale, ignore_errors=True)
+        prune_stale(root, folder)
     return python
+
+
+STALE_AFTER_S = 2 * 24 * 3600
+
+
+def prune_stale(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove the environments of ``keep``'s ComfyUI version built for other requirements and not
+    used for STALE_AFTER_S (their ``.complete`` is touched on every use). Another checkout of the
+    pack on other requirements, or a test run still inside one, keeps its environment: deleting
+    it under a running process breaks that process. Returns what was removed."""
+    label = keep.name.rsplit("-", 1)[0]
+    cutoff = (time.time() if now is None else now) - STALE_AFTER_S
+    removed = []
+    for stale in sorted(root.glob(f"{label}-*")):
+        if stale == keep or stale.is_symlink() or not stale.is_dir():
+            continue
+        if not re.fullmatch(rf"{re.escape(label)}-[0-9a-f]{{12}}", stale.name):
+            continue
+        marker = stale / ".complete"
+        last_used = marker.stat().st_mtime if marker.is_file() else stale.stat().st_mtime
+        if last_used < cutoff:
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
 
 
 def own_python(tree: Path) -> Path | None:

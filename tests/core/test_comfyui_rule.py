@@ -115,3 +115,28 @@ def test_run_uses_comfyuis_own_venv_when_it_has_one(rule, tmp_path):
     python.parent.mkdir(parents=True)
     python.write_text("")
     assert rule.own_python(tree) == python
+
+
+def test_a_new_environment_removes_only_same_version_environments_unused_for_two_days(rule, tmp_path):
+    """Another checkout on other requirements (or a test run inside its environment) must not lose
+    its environment when this one builds a new one; only long-unused ones are removed."""
+    now = 1_000_000_000.0
+
+    def env(name: str, last_used: float) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / ".complete").write_text(name)
+        os.utime(folder / ".complete", (last_used, last_used))
+        return folder
+
+    keep = env("comfyui-0.33.0-aaaaaaaaaaaa", now)
+    old = env("comfyui-0.33.0-bbbbbbbbbbbb", now - rule.STALE_AFTER_S - 60)
+    recent = env("comfyui-0.33.0-cccccccccccc", now - 3600)
+    other_version = env("comfyui-0.3.64-dddddddddddd", now - 10 * rule.STALE_AFTER_S)
+    not_ours = env("comfyui-0.33.0-mine", now - 10 * rule.STALE_AFTER_S)
+    (tmp_path / "comfyui-0.33.0-eeeeeeeeeeee").symlink_to(keep)
+
+    assert rule.prune_stale(tmp_path, keep, now=now) == [old]
+    assert not old.exists()
+    assert keep.is_dir() and recent.is_dir() and other_version.is_dir() and not_ours.is_dir()
+    assert (tmp_path / "comfyui-0.33.0-eeeeeeeeeeee").is_symlink()
