@@ -128,7 +128,7 @@ def pretrain(s: PretrainSettings, progress_every: int = 100) -> tuple[dict[str, 
     _initialise(unet, s.seed)
     sampling = base.model_sampling
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    params = [p for p in unet.parameters()]
+    params = [p.requires_grad_(True) for p in unet.parameters()]  # ComfyUI 0.33's ops create them frozen
     opt = torch.optim.AdamW(params, lr=s.learning_rate, betas=(0.9, 0.99), weight_decay=s.weight_decay)
     g = torch.Generator().manual_seed(s.seed)
     unet.train()
