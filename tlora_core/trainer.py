@@ -29,7 +29,7 @@ OPTIMIZERS = ("adamw", "prodigy")
 # Prodigy's per-group values that change while it trains (its step-size estimate d and the sums
 # behind it): a checkpoint must carry them to resume exactly; the rest are hyper-parameters.
 _EVOLVING_GROUP_KEYS = {"adamw": (), "prodigy": ("d", "d_max", "d_numerator", "d_denom", "d_hat", "k")}
-# What a file written before the recipe was recorded was trained with (legacy_recipe()).
+# What a file written before the recipe was recorded was trained with (recipe_from).
 _LEGACY = {"optimizer": "adamw", "max_grad_norm": None, "first_timestep": 0}
 
 
@@ -109,10 +109,6 @@ def recipe_from(metadata: Mapping[str, str]) -> dict[str, Any]:
     except ValueError as err:
         raise ValueError(f"T-LoRA: the file's training recipe can't be read ({err}): {dict(metadata)}.") from err
     return out
-
-
-def legacy_recipe() -> dict[str, Any]:
-    return dict(_LEGACY)
 
 
 def _optimizer(params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
