@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -48,7 +49,11 @@ def sd_vae(device: torch.device, seed: int):
 
     # the two keys ComfyUI reads to pick the SD VAE with its four resolution levels
     keys = {"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3), "decoder.up.3.upsample.conv.weight": torch.zeros(512, 512, 3, 3)}
-    vae = comfy.sd.VAE(sd=keys, device=device)
+    logging.disable(logging.WARNING)  # ComfyUI lists every weight not in ``keys``: all of them are filled below
+    try:
+        vae = comfy.sd.VAE(sd=keys, device=device)
+    finally:
+        logging.disable(logging.NOTSET)
     c._fill(vae.first_stage_model, seed)
     return vae
 
