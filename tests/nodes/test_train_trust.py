@@ -103,13 +103,13 @@ def test_per_image_captions_reach_their_samples_in_every_batch(tiny, helpers, lo
 def test_comfyuis_resolution_bucket_output_trains_each_image_with_its_caption(tiny, helpers, loras_dir, monkeypatch):
     """ComfyUI 0.33's own Resolution Bucket node (as after Make Training Dataset: one LATENT and
     one caption per image, two sizes) connected straight to T-LoRA Train."""
-    import comfy_extras.nodes_dataset as nodes_dataset
-
     from tlora_nodes.tlora_core.trainer import Trainer
 
+    why = "this ComfyUI has no Resolution Bucket node (0.33's dataset nodes); 0.3.64 trains a LATENT batch"
+    nodes_dataset = pytest.importorskip("comfy_extras.nodes_dataset", reason=why)
     bucket_node = getattr(nodes_dataset, "ResolutionBucket", None)
     if bucket_node is None:
-        pytest.skip("this ComfyUI has no Resolution Bucket node (0.33's dataset nodes); 0.3.64 trains a LATENT batch")
+        pytest.skip(why)
     model = tiny.build("sd15")
     conds = distinct_conditioning(tiny, "sd15", 4)
     g = torch.Generator().manual_seed(7)
