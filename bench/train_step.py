@@ -232,7 +232,7 @@ def run_tlora(args, model, latents, positive, steps: int) -> None:
         seed=args.seed, save_every=0, filename_prefix="bench/tlora", resume_from="none",
         training_dtype=NODE_DTYPES[args.dtype], gradient_checkpointing=args.gradient_checkpointing,
     )
-    execute_v3(TLoRATrain, inputs)
+    execute_v3(TLoRATrain, {k: [v] for k, v in inputs.items()})  # it takes every input as a list
 
 
 def execute_v3(node_cls, inputs: dict) -> None:

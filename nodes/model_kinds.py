@@ -24,13 +24,30 @@ t. From the model's own sampling, after any shift node (SPEC §2): discrete ε/v
 (ModelSamplingDiscrete) gives the index of the closest training sigma; flow sampling (CONST, every
 flow family here) gives t = 1000·σ, whatever the network itself does with σ (×1000, 1 − σ, per
 frame...). Continuous EDM/V and x0 sampling have no such t and are refused.
+
+Training. Each family has a reference recipe (``Recipe``, SPEC §5): UNet (ε/v) families the
+paper's SD-XL one (T-LoRA, R 64, r_min 32, AdamW 1e-4, no clipping); every transformer family the
+reference's FLUX.1 code (Vanilla, R 32, r_min 1 as in its README command, Prodigy lr 1.0,
+gradient-norm clipping 1.0, guidance 1) — the paper finds MM-DiT LoRAs full-rank already, and
+the FLUX code is the reference's only transformer trainer. Two rules hold for every family:
+    timesteps   discrete ε/v models draw t from 0..999 (DDPM's indices, the SD-XL code); every flow
+                model draws t from 1..1000 with σ = t/1000, as the FLUX code does with diffusers'
+                flow-matching scheduler, whose training timesteps are 1000..1 for every flow model
+                it serves (SD3, Wan, ...): σ = 1, where sampling starts, is trained; σ = 0, a clean
+                latent that no sampler evaluates, never is.
+    guidance    a model whose network embeds a distilled guidance value (ComfyUI fills in 3.5 for
+                FLUX.1-dev when the prompt sets none) trains at the recipe's guidance, 1, whatever
+                the prompt carries, as the FLUX code does; ``takes_distilled_guidance`` asks the
+                network itself (FLUX.1-dev and FLUX.2 yes, FLUX.1-schnell no; HunyuanVideo when
+                its checkpoint has the embedder). Chroma's guidance input feeds its modulation
+                approximator, not a distilled-CFG embedder: it keeps ComfyUI's value (0).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -122,6 +139,33 @@ GENERIC_SHAPES = (SD3_JOINT, KANDINSKY_CROSS, WAN_CROSS, LTX_CROSS, QWEN_DOUBLE,
                   AURA_DOUBLE, HIDREAM_SINGLE, AURA_SINGLE, FLUX_SINGLE)
 
 
+# -- reference recipes ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipe:
+    """A family's reference training settings. variant/rank/min_rank/optimizer/learning_rate are
+    what T-LoRA Train's recipe "family reference" uses; max_grad_norm and guidance hold for every
+    run of the family (module docstring). preview_cfg: the CFG its previews sample at."""
+
+    name: str
+    variant: str  # "tlora" | "vanilla"
+    rank: int
+    min_rank: int
+    optimizer: str  # "adamw" | "prodigy"
+    learning_rate: float
+    max_grad_norm: float | None  # None: no clipping
+    guidance: float | None  # trained at this distilled guidance where the network takes one
+    preview_cfg: float
+
+
+# the paper (SPEC §5) and the reference's SD-XL code (tlora/trainer_sdxl.py: no clipping)
+SD_RECIPE = Recipe("SD-XL paper recipe", "tlora", 64, 32, "adamw", 1e-4, None, None, 5.0)
+# the reference's flux/ code: run.py defaults (Prodigy lr 1, max_grad_norm 1, guidance_scale 1) and
+# its README command (--tlora --rank 32 --min_rank 1)
+FLUX_RECIPE = Recipe("FLUX.1 reference recipe", "vanilla", 32, 1, "prodigy", 1.0, 1.0, 1.0, 5.0)
+# guidance-distilled FLUX models sample without CFG
+FLUX_DISTILLED_RECIPE = replace(FLUX_RECIPE, preview_cfg=1.0)
+
+
 # -- the table ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelKind:
@@ -135,6 +179,7 @@ class ModelKind:
     inplace: bool = False  # blocks update tensors in place: training runs them on copies
     video: bool = False  # 5-D (B, C, T, H, W) latents
     note: str = ""
+    recipe: Recipe = FLUX_RECIPE
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -146,18 +191,19 @@ _UNET_BLOCKS = ((r"(input_blocks\.\d+\.\d+|middle_block\.\d+|output_blocks\.\d+\
 _FLUX_BLOCKS = ((r"double_blocks\.\d+", FLUX_DOUBLE), (r"single_blocks\.\d+", FLUX_SINGLE))
 
 KINDS: tuple[ModelKind, ...] = (
-    ModelKind("sd15", "SD1.5", ("SD15", "SD15_instructpix2pix"), _UNET_BLOCKS, naming="unet"),
-    ModelKind("sd2", "SD2", ("SD20", "SD21UnclipL", "SD21UnclipH", "LotusD"), _UNET_BLOCKS, naming="unet"),
-    ModelKind("sdxl", "SDXL", ("SDXL", "SDXL_instructpix2pix"), _UNET_BLOCKS, naming="unet"),
-    ModelKind("ssd1b", "SSD-1B", ("SSD1B",), _UNET_BLOCKS, naming="unet"),
-    ModelKind("segmind_vega", "Segmind Vega", ("Segmind_Vega",), _UNET_BLOCKS, naming="unet"),
-    ModelKind("koala_700m", "KOALA 700M", ("KOALA_700M",), _UNET_BLOCKS, naming="unet"),
-    ModelKind("koala_1b", "KOALA 1B", ("KOALA_1B",), _UNET_BLOCKS, naming="unet"),
-    ModelKind("flux", "FLUX.1", ("Flux", "FluxInpaint", "FluxSchnell"), _FLUX_BLOCKS, naming="flux", inplace=True),
+    ModelKind("sd15", "SD1.5", ("SD15", "SD15_instructpix2pix"), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("sd2", "SD2", ("SD20", "SD21UnclipL", "SD21UnclipH", "LotusD"), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("sdxl", "SDXL", ("SDXL", "SDXL_instructpix2pix"), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("ssd1b", "SSD-1B", ("SSD1B",), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("segmind_vega", "Segmind Vega", ("Segmind_Vega",), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("koala_700m", "KOALA 700M", ("KOALA_700M",), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("koala_1b", "KOALA 1B", ("KOALA_1B",), _UNET_BLOCKS, naming="unet", recipe=SD_RECIPE),
+    ModelKind("flux", "FLUX.1", ("Flux", "FluxInpaint", "FluxSchnell"), _FLUX_BLOCKS, naming="flux", inplace=True,
+              recipe=FLUX_DISTILLED_RECIPE),
     ModelKind("sd3", "SD3 / SD3.5", ("SD3",), ((r"joint_blocks\.\d+", SD3_JOINT),)),
     ModelKind("auraflow", "AuraFlow", ("AuraFlow",),
               ((r"double_layers\.\d+", AURA_DOUBLE), (r"single_layers\.\d+", AURA_SINGLE))),
-    ModelKind("flux2", "FLUX.2", ("Flux2",), _FLUX_BLOCKS, inplace=True),
+    ModelKind("flux2", "FLUX.2", ("Flux2",), _FLUX_BLOCKS, inplace=True, recipe=FLUX_DISTILLED_RECIPE),
     ModelKind("chroma", "Chroma", ("Chroma",), _FLUX_BLOCKS, inplace=True),
     ModelKind("chroma_radiance", "Chroma Radiance", ("ChromaRadiance",), _FLUX_BLOCKS, inplace=True),
     ModelKind("qwen_image", "Qwen-Image", ("QwenImage",), ((r"transformer_blocks\.\d+", QWEN_DOUBLE),)),
@@ -448,3 +494,26 @@ def training_target(model_sampling: Any, sigma: torch.Tensor, noise: torch.Tenso
         sd = float(model_sampling.sigma_data)
         return (sd**2 * noise - s * x0) / (sd * torch.sqrt(s**2 + sd**2))
     return noise
+
+
+def first_timestep(model_sampling: Any) -> int:
+    """Where a training run's timesteps start (module docstring): 1 for flow models (1..1000), 0
+    for discrete ε/v models (0..999)."""
+    return 1 if _is_flow(model_sampling) else 0
+
+
+def takes_distilled_guidance(model: comfy.model_patcher.ModelPatcher) -> bool:
+    """Does the network embed a distilled guidance value (FLUX.1-dev, FLUX.2, HunyuanVideo with its
+    guidance embedder)? ComfyUI builds those networks with ``params.guidance_embed``."""
+    params = getattr(model.model.diffusion_model, "params", None)
+    return bool(getattr(params, "guidance_embed", False))
+
+
+def min_latent_size(model: comfy.model_patcher.ModelPatcher) -> int:
+    """The smallest latent side the network sees as more than padding: one patch for a
+    transformer, one pixel at the deepest level for a UNet (each level halves the size)."""
+    config = model.model.model_config.unet_config
+    if kind_of(model, "T-LoRA").naming == "unet":
+        return 2 ** max(0, len(config.get("channel_mult") or [1]) - 1)
+    patch = config.get("patch_size") or 1
+    return int(patch[-1] if isinstance(patch, (list, tuple)) else patch)

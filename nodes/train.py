@@ -1,8 +1,10 @@
 """T-LoRA Train: teach the MODEL a concept from one (or a few) images, inside the graph.
 
-Follows the reference recipe (SPEC §5), not ComfyUI's own LoRA trainer: AdamW, timesteps uniform
-in [0, 1000), the model's own target (ε, v or flow velocity), and the rank mask of every sample
-following its own timestep. The loop itself (optimizer, random draws, checkpoints, cancel) is
+Follows the reference recipe of the model's family (SPEC §5; nodes/recipe.py, model_kinds.Recipe),
+not ComfyUI's own LoRA trainer: AdamW or Prodigy, uniform timesteps (0..999, flow models 1..1000),
+the model's own target (ε, v or flow velocity), and the rank mask of every sample following its
+own timestep. Data comes as lists (nodes/dataset.py); previews are sampled between parts of the
+run (nodes/previews.py). The loop itself (optimizer, random draws, checkpoints, cancel) is
 tlora_core.trainer; this module connects it to ComfyUI: conditioning goes through ComfyUI's own
 sampling machinery (a Guider and a Sampler whose ``sample`` is the training loop), the adapter
 through the same glue as Timestep-Aware Apply (nodes/patching.py).
@@ -24,8 +26,9 @@ from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tlora
-from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
-from . import compat, model_kinds, patching, training_patches
+from ..tlora_core.trainer import Batch, Checkpoint, NoGradient, Trainer, TrainingDiverged, TrainResult, TrainSettings, recipe_from
+from . import compat, dataset, model_kinds, patching, previews, training_patches
+from . import recipe as recipes  # 'recipe' is also an input's name
 from .load import tlora_files
 from .routes import prompt_server
 from .types import CATEGORY, TLora, node_message
@@ -116,6 +119,12 @@ class RunFiles:
         suffix = "" if reason == "checkpoint" else f"_{reason}"
         return os.path.join(self.folder, f"{self.stem}_step{step:05}{suffix}.safetensors")
 
+    def preview(self, step: int) -> str:
+        return previews.saved_path(self.folder, self.stem, step)
+
+    def preview_grid(self) -> str:
+        return os.path.join(self.folder, f"{self.stem}_previews.png")
+
     def relative(self, path: str) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")
 
@@ -124,11 +133,11 @@ class RunFiles:
 class _NodeCallbacks:
     """Progress bar and live loss for the UI, Cancel, and checkpoint files for the core loop."""
 
-    def __init__(self, files: RunFiles, node_id: str | None, metadata: dict[str, str]):
-        self.trainer: Trainer | None = None  # set once the trainer exists
+    def __init__(self, files: RunFiles, node_id: str | None, metadata: dict[str, str], summary: str = ""):
         self.files = files
         self.node_id = node_id
         self.metadata = metadata
+        self.summary = summary  # what the run trains with, shown under the step counter
         self.interrupted = False
         self.saved: list[str] = []
         self.pbar = None
@@ -142,7 +151,8 @@ class _NodeCallbacks:
             self.interrupted = True  # ComfyUI's progress hook reports Cancel by raising; stop at the next step
         server = prompt_server()
         if server is not None and self.node_id is not None:
-            server.send_progress_text(f"step {step}/{total} · loss {loss:.4f}", self.node_id)
+            text = f"step {step}/{total} · loss {loss:.4f}"
+            server.send_progress_text(f"{text}\n{self.summary}" if self.summary else text, self.node_id)
             server.send_sync(PROGRESS_EVENT, {"node": self.node_id, "step": step, "steps": total, "loss": loss})
 
     def should_stop(self) -> bool:
@@ -162,15 +172,15 @@ class _NodeCallbacks:
 
         return compute
 
-    def save(self, step: int, reason: str) -> None:
+    def save(self, checkpoint: Checkpoint) -> None:
         """A resumable checkpoint (adapter, optimizer and RNG state)."""
-        path = self.files.checkpoint(step, reason)
-        self.write(path, self.trainer.state_dict())
-        log.info("T-LoRA: saved %s (step %d, %s)", path, step, reason)
+        path = self.files.checkpoint(checkpoint.step, checkpoint.reason)
+        self.write(path, checkpoint.adapter, checkpoint.training_state)
+        log.info("T-LoRA: saved %s (step %d, %s)", path, checkpoint.step, checkpoint.reason)
 
-    def write(self, path: str, training_state: dict | None) -> None:
+    def write(self, path: str, adapter: TLoRA, training_state: dict | None) -> None:
         try:
-            save_tlora(path, self.trainer.adapter, "fp32", training_state=training_state, extra_metadata=self.metadata)
+            save_tlora(path, adapter, "fp32", training_state=training_state, extra_metadata=self.metadata)
         except OSError as err:
             previous = self.saved[-1] if self.saved else "none written yet"
             raise OSError(
@@ -194,15 +204,17 @@ def _init_progress(node_id: str | None):
 
 # -- the loop inside ComfyUI's sampling machinery -----------------------------------------------------
 class _TrainSampler(comfy.samplers.Sampler):
-    """A Sampler whose ``sample`` is the training loop: ComfyUI has loaded the model, processed
-    the conditioning and merged our wrappers by the time it is called."""
+    """A Sampler whose ``sample`` is the training loop (up to ``stop_at``): ComfyUI has loaded the
+    model, processed the conditioning and merged our wrappers by the time it is called."""
 
-    def __init__(self, trainer: Trainer, callbacks: _NodeCallbacks, capture: training_patches.OutputCapture, weights: torch.Tensor | None):
+    def __init__(self, trainer: Trainer, callbacks: _NodeCallbacks, capture: training_patches.OutputCapture,
+                 data: dataset.Dataset):
         self.trainer = trainer
         self.callbacks = callbacks
         self.capture = capture
-        self.weights = weights
-        self.result = None
+        self.data = data
+        self.stop_at: int | None = None
+        self.result: TrainResult | None = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
         base = model_wrap.inner_model
@@ -210,25 +222,33 @@ class _TrainSampler(comfy.samplers.Sampler):
         conds = model_wrap.conds["positive"]
         model_options = extra_args["model_options"]
         device = latent_image.device
-        weights = None if self.weights is None else self.weights.to(device)
+        # each sample in the model's latent space, as the guider does it for one latent batch
+        x0_all = [base.process_latent_in(x.unsqueeze(0).to(device))[0] if torch.count_nonzero(x) > 0 else x.to(device)
+                  for x in self.data.latents]
+        shapes = self.data.shapes
+        captions = self.data.captions
+        weights = None if self.data.weights is None else [w.to(device) for w in self.data.weights]
 
         def compute_gradients(batch: Batch) -> float:
-            idx = batch.indices.to(device)
-            x0 = latent_image[idx]
-            noise_b = batch.noise.to(device, x0.dtype)
-            sigma = model_kinds.timestep_to_sigma(sampling, batch.timesteps, DISPLAY_NAME).to(device, x0.dtype)
-            x_t = sampling.noise_scaling(sigma, noise_b, x0)
-            target = model_kinds.training_target(sampling, sigma, noise_b, x0, DISPLAY_NAME)
-            groups = idx if len(conds) > 1 else torch.zeros_like(idx)
+            idx = batch.indices.tolist()
+            sigma_all = model_kinds.timestep_to_sigma(sampling, batch.timesteps, DISPLAY_NAME).to(device)
+            # one model call per caption (and per size, for resolution buckets), in caption order
+            groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+            for row, i in enumerate(idx):
+                groups.setdefault((captions[i], shapes[i]), []).append(row)
             total = 0.0
-            for group in torch.unique(groups).tolist():
-                rows = (groups == group).nonzero().flatten()
-                comfy.samplers.calc_cond_batch(base, [[conds[group]]], x_t[rows], sigma[rows], model_options)
-                error = (self.capture.take().float() - target[rows]) ** 2
+            for (caption, _), rows in sorted(groups.items(), key=lambda item: (item[0][0], item[1][0])):
+                x0 = torch.stack([x0_all[idx[r]] for r in rows])
+                noise_b = batch.stacked_noise(rows).to(device, x0.dtype)
+                sigma = sigma_all[rows].to(x0.dtype)
+                x_t = sampling.noise_scaling(sigma, noise_b, x0)
+                target = model_kinds.training_target(sampling, sigma, noise_b, x0, DISPLAY_NAME)
+                comfy.samplers.calc_cond_batch(base, [[conds[caption]]], x_t, sigma, model_options)
+                error = (self.capture.take().float() - target) ** 2
                 if weights is None:
                     loss = error.mean()
                 else:
-                    w = weights[idx[rows]] if weights.shape[0] > 1 else weights.expand(len(rows), -1, -1, -1)
+                    w = torch.stack([weights[idx[r]] for r in rows])
                     if error.dim() == 5:
                         w = w.unsqueeze(2)  # one mask for every frame
                     loss = (error * w).sum() / (w.sum() * error.shape[1])
@@ -238,8 +258,7 @@ class _TrainSampler(comfy.samplers.Sampler):
                 total += loss.item() * share
             return total
 
-        self.trainer.compute_gradients = self.callbacks.noticing_cancel(compute_gradients)
-        self.result = self.trainer.run()
+        self.result = self.trainer.run(self.callbacks.noticing_cancel(compute_gradients), stop_at=self.stop_at)
         return latent_image
 
 
@@ -259,12 +278,19 @@ class TLoRATrain(io.ComfyNode):
                 "adapter into models/loras and outputs the model with it applied."
             ),
             is_output_node=True,
+            # datasets arrive as lists (ComfyUI 0.33's dataset nodes); a plain LATENT batch is a list of one
+            is_input_list=True,
             inputs=[
-                io.Model.Input("model", tooltip="The model to teach (SD1.5, SD2, SDXL or FLUX.1). It is not changed."),
-                io.Latent.Input("latents", tooltip="The training image(s), VAE-encoded (VAE Encode). One is enough."),
+                io.Model.Input("model", tooltip="The model to teach (SD1.5, SD2, SDXL, FLUX.1, ...). It is not changed."),
+                io.Latent.Input(
+                    "latents",
+                    tooltip="The training image(s), VAE-encoded (VAE Encode), or a dataset's latents (Make Training "
+                            "Dataset, Resolution Bucket). One is enough; different sizes are trained at their size.",
+                ),
                 io.Conditioning.Input(
                     "positive",
-                    tooltip="The prompt, e.g. 'a photo of sks cat': one for all images, or one per image.",
+                    tooltip="The prompt, e.g. 'a photo of sks cat': one for all images, or one caption per image (a "
+                            "dataset's conditioning).",
                 ),
                 io.Int.Input("steps", default=800, min=1, max=100000, tooltip="Optimizer steps. The paper: 800 (Vanilla 500)."),
                 io.Float.Input(
@@ -295,7 +321,8 @@ class TLoRATrain(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "save_every", default=200, min=0, max=100000,
-                    tooltip="Write a resumable checkpoint every N steps (0 = only at the end and on Cancel).",
+                    tooltip="Write a resumable checkpoint every N steps; the last step and a Cancel always get one "
+                            "(0 = only those), so a finished run can be continued with more steps.",
                 ),
                 io.String.Input(
                     "filename_prefix", default="tlora/concept",
@@ -317,12 +344,60 @@ class TLoRATrain(io.ComfyNode):
                     "mask", optional=True,
                     tooltip="Optional subject mask: the loss only looks at the white part (recommended for people).",
                 ),
+                io.Conditioning.Input(
+                    "preview_prompts", optional=True,
+                    tooltip="Optional prompts to sample while training (e.g. the concept in new places), one per entry: "
+                            "combine several with Conditioning (Combine). Needs preview_vae.",
+                ),
+                io.Vae.Input(
+                    "preview_vae", optional=True,
+                    tooltip="The VAE that decodes the previews: the one the images were encoded with.",
+                ),
+                io.Int.Input(
+                    "preview_every", default=100, min=0, max=100000, optional=True,
+                    tooltip="Sample the previews every N steps and at the end (0 = only at the end).",
+                ),
+                io.Int.Input("preview_steps", default=20, min=1, max=200, optional=True,
+                             tooltip="Sampling steps of each preview."),
+                io.Float.Input(
+                    "preview_cfg", default=0.0, min=0.0, max=30.0, step=0.1, optional=True,
+                    tooltip="CFG of the previews. 0 = the model family's: 1.0 for FLUX.1/FLUX.2 (guidance-distilled), "
+                            "5.0 for the others.",
+                ),
+                io.Combo.Input("preview_sampler", options=previews.SAMPLERS, default="euler", optional=True,
+                               tooltip="Sampler of the previews."),
+                io.Combo.Input("preview_scheduler", options=previews.SCHEDULERS, default="simple", optional=True,
+                               tooltip="Scheduler of the previews."),
+                io.Int.Input(
+                    "preview_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False, optional=True,
+                    tooltip="Seed of the previews' noise: the same for every preview, so columns differ only by training.",
+                ),
+                io.Conditioning.Input(
+                    "preview_negative", optional=True,
+                    tooltip="Optional negative prompt for the previews (default: the prompt zeroed out).",
+                ),
+                io.Combo.Input(
+                    "recipe", options=list(recipes.CHOICES), default=recipes.REFERENCE, optional=True,
+                    tooltip="'family reference': the reference's settings for the model's family (SD: T-LoRA 64/32, "
+                            "AdamW 1e-4; FLUX and other transformers: Vanilla 32/1, Prodigy 1.0), ignoring variant, rank, "
+                            "min_rank, learning_rate and optimizer here. 'custom': the values set on this node.",
+                ),
+                io.Combo.Input(
+                    "optimizer", options=list(recipes.OPTIMIZER_LABELS), default="AdamW", optional=True,
+                    tooltip="With recipe 'custom': AdamW (the SD-XL reference; learning_rate ~1e-4) or Prodigy (the FLUX "
+                            "reference; learning_rate ~1.0, it finds its own step size).",
+                ),
             ],
             outputs=[
                 # no id: "model" is already an input id, and V3 wants ids unique across inputs and outputs
                 io.Model.Output(tooltip="The model with the trained T-LoRA applied timestep-aware."),
                 TLora.Output("tlora", tooltip="The trained adapter, for Timestep-Aware Apply on other models of the same kind."),
                 io.LossMap.Output("loss", tooltip="Loss per step, for the core 'Plot Loss Graph' node."),
+                io.Image.Output(
+                    "previews",
+                    tooltip="The previews as one grid: a row per prompt, a column per step previewed (a black square "
+                            "without previews).",
+                ),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -331,39 +406,78 @@ class TLoRATrain(io.ComfyNode):
     def execute(
         cls, model, latents, positive, steps, learning_rate, rank, min_rank, schedule_power, variant, init,
         batch_size, seed, save_every, filename_prefix, resume_from, training_dtype, gradient_checkpointing, mask=None,
+        preview_prompts=None, preview_vae=None, preview_every=None, preview_steps=None, preview_cfg=None,
+        preview_sampler=None, preview_scheduler=None, preview_seed=None, preview_negative=None, recipe=None,
+        optimizer=None,
     ) -> io.NodeOutput:
+        # every input comes as a list (is_input_list): data inputs are the dataset, the rest one value each
+        (model, steps, learning_rate, rank, min_rank, schedule_power, variant, init, batch_size, seed, save_every,
+         filename_prefix, resume_from, training_dtype, gradient_checkpointing) = (
+            _one(v) for v in (model, steps, learning_rate, rank, min_rank, schedule_power, variant, init, batch_size,
+                              seed, save_every, filename_prefix, resume_from, training_dtype, gradient_checkpointing))
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         if variant not in VARIANTS:
             raise ValueError(f"{DISPLAY_NAME}: variant {variant!r} is not one of {', '.join(map(repr, VARIANTS))}.")
         try:
-            settings = TrainSettings(
-                steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed, save_every=save_every
+            run_recipe = recipes.resolve(
+                model, _one(recipe), VARIANTS[variant], rank, min_rank, learning_rate, _one(optimizer), DISPLAY_NAME
             )
+            settings = run_recipe.settings(steps, batch_size, seed, save_every)
             family = model_kinds.kind_of(model, DISPLAY_NAME).family
             config = TLoRAConfig(
-                variant=VARIANTS[variant], rank=rank, min_rank=min_rank,
+                variant=run_recipe.variant, rank=run_recipe.rank, min_rank=run_recipe.min_rank,
                 schedule_power=schedule_power, init=init, model_family=family,
             )
         except ValueError as err:
             raise ValueError(node_message(DISPLAY_NAME, err)) from err
         if training_dtype not in DTYPES:
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
-        samples = latents["samples"]
-        check_trainable(model, samples)
-        if samples.dim() == 4 and getattr(model.get_model_object("latent_format"), "latent_dimensions", 2) == 3:
-            samples = samples.unsqueeze(2)  # an image for a model of 5-D latents (Qwen-Image): one frame, as KSampler does
-        if len(positive) not in (1, samples.shape[0]):
-            raise ValueError(
-                f"{DISPLAY_NAME}: got {samples.shape[0]} latents but {len(positive)} conditionings. Connect one "
-                f"conditioning for all images, or exactly one per image (in the same order)."
-            )
+        data = dataset.build(
+            model, latents, positive, mask, DISPLAY_NAME, check_trainable,
+            lambda m, samples: subject_weights(m, samples, _downscale(model)),
+        )
+        preview = _preview_settings(
+            model, data, preview_prompts, preview_vae, preview_every, preview_steps, preview_cfg, preview_sampler,
+            preview_scheduler, preview_seed, preview_negative,
+        )
         result = train(
-            model, samples, positive, settings, config, DTYPES[training_dtype], gradient_checkpointing,
-            subject_weights(mask, samples, _downscale(model)), filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
+            model, data, settings, config, DTYPES[training_dtype], gradient_checkpointing, filename_prefix,
+            None if resume_from == NO_RESUME else resume_from, node_id, run_recipe, preview,
         )
         return io.NodeOutput(
-            result.model, result.adapter, {"loss": result.losses}, ui={"tlora_saved": [result.saved]}
+            result.model, result.adapter, {"loss": result.losses}, result.previews,
+            ui={"tlora_saved": [result.saved], "tlora_summary": [result.summary]},
         )
+
+
+def _one(value):
+    """One input's value from the list the executor passes (a node taking lists gets every input
+    as a list; a value that isn't a list came from a direct call)."""
+    return value[0] if isinstance(value, list) else value
+
+
+def _entries(conditionings: list | None) -> list:
+    """A list of CONDITIONINGs as one flat list of entries (each entry: one prompt)."""
+    return [entry for conditioning in conditionings or [] for entry in conditioning]
+
+
+def _preview_settings(model, data: dataset.Dataset, prompts, vae, every, steps, cfg, sampler, scheduler, seed,
+                      negative) -> previews.PreviewSettings | None:
+    prompts, vae = _entries(prompts), _one(vae)
+    if not prompts and vae is None:
+        return None
+    if not prompts or vae is None:
+        missing = "preview_vae (the VAE the images were encoded with)" if vae is None else "preview_prompts"
+        raise ValueError(f"{DISPLAY_NAME}: previews need both preview_prompts and preview_vae; connect {missing}, "
+                         f"or disconnect the other to train without previews.")
+    settings = previews.PreviewSettings(
+        prompts=prompts, negative=_entries(negative) or None, vae=vae,
+        every=100 if _one(every) is None else int(_one(every)), steps=int(_one(steps) or 20),
+        cfg=float(_one(cfg) or 0.0), sampler=_one(sampler) or "euler", scheduler=_one(scheduler) or "simple",
+        seed=int(_one(seed) or 0),
+    )
+    previews.check(settings, model, data.conditioning, DISPLAY_NAME)
+    return settings
 
 
 @dataclass
@@ -372,9 +486,11 @@ class TrainOutput:
     adapter: TLoRA
     losses: list[float]
     saved: str  # the final file, relative to the loras folder
+    previews: torch.Tensor  # the preview grid (IMAGE)
+    summary: str  # what the run trained with, on what
 
 
-def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.Target]):
+def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.Target], optimizer: str):
     path = folder_paths.get_full_path("loras", path_name)
     if path is None:
         raise FileNotFoundError(
@@ -397,6 +513,11 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.
         for field in ("model_family", "variant", "rank", "min_rank", "schedule_power", "init")
         if getattr(got, field) != getattr(config, field)
     ]
+    trained_with = recipe_from(loaded.metadata)["optimizer"]
+    if trained_with != optimizer:
+        names = {key: label for label, key in recipes.OPTIMIZER_LABELS.items()}
+        differences.append(f"optimizer {names[trained_with]} (this node: {names[optimizer]}; set recipe 'custom' and "
+                           f"optimizer {names[trained_with]})")
     if not differences and loaded.adapter.shapes() != model_kinds.layer_shapes(targets):
         differences.append("its layers (another architecture)")
     if differences:
@@ -406,8 +527,9 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.
         )
     if not loaded.training_state:
         raise ValueError(
-            f"{DISPLAY_NAME}: '{path_name}' has no optimizer/RNG state, so it can't be resumed exactly. Pick one of its "
-            f"run's step checkpoints (..._stepNNNNN.safetensors)."
+            f"{DISPLAY_NAME}: '{path_name}' has no optimizer/RNG state, so it can't be resumed exactly: it is a run's "
+            f"final file, kept small for sharing. Pick the run's checkpoint of its last step instead "
+            f"(..._stepNNNNN.safetensors, NNNNN = its steps)."
         )
     return loaded
 
@@ -422,23 +544,39 @@ def _warn_if_resumed_differently(path_name: str, stored: dict[str, str], now: di
 
 
 def train(
-    model, samples: torch.Tensor, positive, settings: TrainSettings, config: TLoRAConfig, dtype: torch.dtype,
-    gradient_checkpointing: bool, weights: torch.Tensor | None, filename_prefix: str, resume_from: str | None,
-    node_id: str | None = None,
+    model, data: dataset.Dataset, settings: TrainSettings, config: TLoRAConfig, dtype: torch.dtype,
+    gradient_checkpointing: bool, filename_prefix: str, resume_from: str | None, node_id: str | None = None,
+    run_recipe: recipes.RunRecipe | None = None, preview: previews.PreviewSettings | None = None,
 ) -> TrainOutput:
+    """Train on ``data`` with ``settings`` (from ``run_recipe``; None: the settings as given, the
+    conditioning's own guidance), sampling previews between parts of the run if asked."""
     targets = model_kinds.find_targets(model, DISPLAY_NAME)
     files = RunFiles.new(filename_prefix)
     device = model.load_device
+    if run_recipe is None:
+        run_recipe = recipes.RunRecipe(
+            "custom", config.variant, config.rank, config.min_rank, settings.optimizer, settings.learning_rate,
+            settings.max_grad_norm, settings.first_timestep, None,
+        )
     if config.model_family == "flux" and config.variant == "tlora":
         log.info("T-LoRA: the paper trains FLUX with Vanilla T-LoRA; training the orthogonal variant as asked.")
-    metadata = {
-        "learning_rate": repr(settings.learning_rate), "seed": str(settings.seed), "batch_size": str(settings.batch_size),
-        "steps_planned": str(settings.steps), "training_dtype": str(dtype).removeprefix("torch."),
-        "images": str(samples.shape[0]), "base_model": type(model.model.model_config).__name__,
-    }
     with torch.inference_mode(False):
+        loaded = None
         if resume_from is not None:
-            loaded = _resume(resume_from, config, targets)
+            loaded = _resume(resume_from, config, targets, run_recipe.optimizer)
+            resumed = recipes.following(run_recipe, loaded.metadata)
+            changed = recipes.changed_by_resume(run_recipe, resumed)
+            if changed:
+                log.info("T-LoRA Train: '%s' continues with the rules it was trained with: %s.", resume_from, ", ".join(changed))
+            run_recipe = resumed
+            settings = run_recipe.settings(settings.steps, settings.batch_size, settings.seed, settings.save_every)
+        metadata = {
+            "learning_rate": repr(settings.learning_rate), "seed": str(settings.seed), "batch_size": str(settings.batch_size),
+            "steps_planned": str(settings.steps), "training_dtype": str(dtype).removeprefix("torch."),
+            "images": str(len(data.latents)), "base_model": type(model.model.model_config).__name__,
+            **run_recipe.metadata(settings),
+        }
+        if loaded is not None:
             _warn_if_resumed_differently(resume_from, loaded.metadata, metadata)
             adapter, state = loaded.adapter, loaded.training_state
         else:
@@ -446,9 +584,10 @@ def train(
             adapter = TLoRA.create(config, shapes, settings.seed, svd_device=device, progress=_init_progress(node_id))
             state = None
         adapter.to(device).requires_grad_(True)
-        callbacks = _NodeCallbacks(files, node_id, metadata)
-        trainer = Trainer(adapter, settings, samples.shape[0], tuple(samples.shape[1:]), callbacks=callbacks)
-        callbacks.trainer = trainer
+        summary = f"{run_recipe.describe()}; {data.describe(_downscale(model))}"
+        log.info("T-LoRA Train: %s", summary)
+        callbacks = _NodeCallbacks(files, node_id, metadata, summary)
+        trainer = Trainer(adapter, settings, data.shapes, callbacks=callbacks)
         if state is not None:
             trainer.load_state_dict(state)
 
@@ -461,29 +600,53 @@ def train(
         capture = training_patches.OutputCapture(train_model)
         training_patches.add_training_patches(train_model, gradient_checkpointing, DISPLAY_NAME)
         train_model.model.requires_grad_(False)
-        comfy.model_management.load_models_gpu([train_model], memory_required=1e20, force_full_load=True)
-        training_patches.make_weights_autograd_safe(train_model)
 
+        conditioning = data.conditioning
+        if run_recipe.guidance is not None:  # the family's training guidance, whatever the prompt carries
+            conditioning = [[entry[0], {**entry[1], "guidance": run_recipe.guidance}] for entry in conditioning]
         guider = Guider_Basic(train_model)
-        guider.set_conds(positive)
-        sampler = _TrainSampler(trainer, callbacks, capture, weights)
+        guider.set_conds(conditioning)
+        sampler = _TrainSampler(trainer, callbacks, capture, data)
+        previewer = None if preview is None else previews.Previewer(preview, model, data.shapes[0], DISPLAY_NAME, node_id)
+        dummy = data.latents[0].unsqueeze(0)  # the guider wants one latent; the sampler reads the dataset
         try:
-            with compat.differentiable_kernels():
-                guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)
+            while True:
+                sampler.stop_at = settings.steps if previewer is None else preview.next_stop(trainer.step, settings.steps)
+                # (again) after a preview, which loaded its own clone of the same weights
+                comfy.model_management.load_models_gpu([train_model], memory_required=1e20, force_full_load=True)
+                training_patches.make_weights_autograd_safe(train_model)
+                with compat.differentiable_kernels():
+                    guider.sample(torch.zeros_like(dummy), dummy, sampler, torch.ones(1), seed=settings.seed)
+                result = sampler.result
+                if result.cancelled:
+                    break
+                if previewer is not None and preview.due(trainer.step, settings.steps):
+                    previewer.take(adapter, trainer.step, settings.steps)
+                    previewer.save(files.preview(trainer.step))
+                if trainer.step >= settings.steps:
+                    break
+        except comfy.model_management.InterruptProcessingException:
+            trainer.stop()  # Cancel during a preview: keep the step it stopped at
+            raise
         except (TrainingDiverged, NoGradient) as err:
             kept = f" ({callbacks.saved[-1]})" if callbacks.saved else ""
             raise RuntimeError(node_message(DISPLAY_NAME, err) + kept) from err
         finally:
             adapter.requires_grad_(False)
-        result = sampler.result
         if result.cancelled:
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise comfy.model_management.InterruptProcessingException()
 
         adapter.to(model.offload_device)
         final = files.final()
-        callbacks.write(final, None)
+        callbacks.write(final, adapter, None)
+        if previewer is not None and previewer.columns:
+            previewer.save_grid(files.preview_grid())
+            summary += f"; {previewer.describe()}"
         log.info("T-LoRA: trained %d steps, saved %s", result.steps_done, final)
+        server = prompt_server()
+        if server is not None and node_id is not None:
+            server.send_progress_text(f"trained {result.steps_done} steps · saved {files.relative(final)}\n{summary}", node_id)
         if callbacks.should_stop():  # Cancel during the last step: the run is complete and saved; stop the graph
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise comfy.model_management.InterruptProcessingException()
@@ -491,5 +654,5 @@ def train(
     out_model = model.clone()
     patching.attach(out_model, adapter, 1.0, DISPLAY_NAME)
     losses = [trainer.losses[s] for s in sorted(trainer.losses)]
-    return TrainOutput(out_model, adapter, losses, files.relative(final))
-
+    grid = previewer.grid() if previewer is not None else previews.empty_grid()
+    return TrainOutput(out_model, adapter, losses, files.relative(final), grid, summary)

@@ -66,6 +66,8 @@ TRAIN_SDXL = dict(
     steps=800, learning_rate=1e-4, rank=64, min_rank=32, schedule_power=1.0, variant="T-LoRA", init="last",
     batch_size=1, seed=0, save_every=200, filename_prefix="tlora/sks_dog",
     resume_from="none", training_dtype="fp32", gradient_checkpointing=True,
+    # the node's values, as this workflow was made with
+    recipe="custom",
 )
 PROMPTS_A = (
     "a photo of sks dog on a beach at sunset",
@@ -83,7 +85,7 @@ def train_from_one_image():
         node("encode", "VAEEncode", [500, 760], size=[320, 50]),
         node("prompt", "CLIPTextEncode", [500, 490], {"text": "a photo of sks dog"}, title="prompt (training)", size=[320, 100], color="green"),
         node("train", "TLoRA_Train", [860, 490], TRAIN_SDXL, size=[360, None]),
-        node("loss", "LossGraphNode", [860, 1280], {"filename_prefix": "tlora_sks_dog_loss"}, size=[360, 60]),
+        node("loss", "LossGraphNode", [860, 1400], {"filename_prefix": "tlora_sks_dog_loss"}, size=[360, 60]),
         node("negative", "CLIPTextEncode", [1260, 1090], {"text": NEGATIVE}, title="negative", size=[380, 90], color="red"),
         node("latent", "EmptyLatentImage", [1260, 1220], {"width": 1024, "height": 1024, "batch_size": 1}, size=[380, 110]),
     ]
@@ -187,6 +189,8 @@ TRAIN_FLUX = dict(
     steps=500, learning_rate=1e-4, rank=32, min_rank=1, schedule_power=1.0, variant="Vanilla T-LoRA", init="last",
     batch_size=1, seed=0, save_every=100, filename_prefix="tlora/sks_dog_flux",
     resume_from="none", training_dtype="bf16", gradient_checkpointing=True,
+    # the node's values, as this workflow was made with (family reference would switch FLUX to Prodigy)
+    recipe="custom",
 )
 PROMPTS_C = ("a photo of sks dog on a beach at sunset", "an oil painting of sks dog wearing a red hat")
 
@@ -205,7 +209,7 @@ def flux_train_and_sample():
         node("prompt", "CLIPTextEncode", [500, 490], {"text": "a photo of sks dog"}, title="prompt (training)", size=[320, 100], color="green"),
         node("guidance_train", "FluxGuidance", [500, 640], {"guidance": 1.0}, title="FluxGuidance 1.0 (training)", size=[320, 60]),
         node("train", "TLoRA_Train", [860, 490], TRAIN_FLUX, size=[360, None]),
-        node("loss", "LossGraphNode", [860, 1280], {"filename_prefix": "tlora_sks_dog_flux_loss"}, size=[360, 60]),
+        node("loss", "LossGraphNode", [860, 1400], {"filename_prefix": "tlora_sks_dog_flux_loss"}, size=[360, 60]),
         node("latent", "EmptySD3LatentImage", [1260, 760], {"width": 1024, "height": 1024, "batch_size": 1}, size=[380, 110]),
     ]
     links = [

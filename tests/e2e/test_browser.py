@@ -321,3 +321,32 @@ def test_the_checks_see_a_missing_node_and_a_bad_widget_value(ui):
     assert [n["type"] for n in nodes if not n["registered"]] == ["NoSuchLoader"]
     problems = widget_problems(wf, [n for n in nodes if n["registered"]])
     assert any("variant: 'LoRA' is not one of its options" in p for p in problems), problems
+
+
+def test_a_train_node_saved_before_the_recipe_input_keeps_the_values_set_on_it(ui):
+    """A workflow saved before T-LoRA Train had `recipe` (and the preview inputs) loads with recipe
+    'custom', so it trains with the rank, learning rate... stored on it; a new node starts at the
+    family reference."""
+    wf = workflow("flux_train_and_sample")
+    train = next(n for n in wf["nodes"] if n["type"] == "TLoRA_Train")
+    assert "custom" in train["widgets_values"]
+    ui.load_workflow(wf)
+    names = ui.page.evaluate(
+        """(id) => app.graph.getNodeById(id).widgets.filter((w) => w.serialize !== false && w.options?.serialize !== false)
+                     .map((w) => w.name)""",
+        train["id"],
+    )
+    old = json.loads(json.dumps(wf))
+    old_train = next(n for n in old["nodes"] if n["id"] == train["id"])
+    old_train["widgets_values"] = old_train["widgets_values"][: names.index("preview_every")]  # what was saved then
+    ui.load_workflow(old)
+    state = ui.page.evaluate(
+        """(id) => { const node = app.graph.getNodeById(id); const w = (n) => node.widgets.find((x) => x.name === n).value;
+             const fresh = LiteGraph.createNode("TLoRA_Train");
+             return {recipe: w("recipe"), rank: w("rank"), min_rank: w("min_rank"),
+                     fresh: fresh.widgets.find((x) => x.name === "recipe").value}; }""",
+        train["id"],
+    )
+    assert state == {"recipe": "custom", "rank": 32, "min_rank": 1, "fresh": "family reference"}
+    output = json.loads(ui.page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).output)"))
+    assert output[str(train["id"])]["inputs"]["recipe"] == "custom"

@@ -51,7 +51,7 @@ def test_object_info_lists_the_four_nodes_in_the_tlora_category(comfy):
         assert node_id in info, f"{node_id} missing from /object_info; server log:\n{comfy.log_tail()}"
         assert info[node_id]["display_name"] == display_name
         assert info[node_id]["category"] == "T-LoRA"
-    assert info["TLoRA_Train"]["output"] == ["MODEL", "TLORA", "LOSS_MAP"]
+    assert info["TLoRA_Train"]["output"] == ["MODEL", "TLORA", "LOSS_MAP", "IMAGE"]
     assert info["TLoRA_Load"]["output"] == ["TLORA"]
     assert info["TLoRA_Apply"]["output"] == ["MODEL"]
     assert info["TLoRA_Export"]["output"] == ["LORA_MODEL"]
@@ -82,9 +82,10 @@ def test_train_apply_sample_graph_saves_adapter_and_latent_and_reports_progress(
     c = final.adapter.config
     assert (c.variant, c.rank, c.min_rank, c.model_family) == ("tlora", 4, 2, "sd2")
     assert final.adapter.training_steps == steps and not final.training_state
-    # save_every=2: resumable checkpoints at steps 2 and 4, none at the end (the final file is it)
+    # save_every=2: resumable checkpoints at steps 2 and 4, and at the last step (the run can be continued)
     checkpoints = sorted(p.name for p in (loras_dir(comfy) / "e2e").glob("run_00001_step*.safetensors"))
-    assert checkpoints == ["run_00001_step00002.safetensors", "run_00001_step00004.safetensors"]
+    assert checkpoints == ["run_00001_step00002.safetensors", "run_00001_step00004.safetensors",
+                           f"run_00001_step{steps:05}.safetensors"]
     assert load_tlora(loras_dir(comfy) / "e2e" / checkpoints[-1]).training_state
 
     latent = read_latent(comfy, run.outputs("save")["latents"][0])

@@ -21,10 +21,18 @@ from tlora_nodes.tlora_core import TLoRA, TLoRAConfig
 from . import tiny
 
 
+class Many(list):
+    """An input that comes from a node's list output (``is_output_list``): passed to a node that
+    takes lists as it is, not wrapped in a list of one."""
+
+
 def run_node(node_cls, hidden: dict | None = None, **inputs):
-    """Execute a V3 node the way ComfyUI's executor does (class clone, locked method)."""
+    """Execute a V3 node the way ComfyUI's executor does (class clone, locked method; for a node
+    that takes lists, every input as a list: one value from an ordinary output, ``Many`` as is)."""
     node_cls.VALIDATE_CLASS()
     clone = node_cls.PREPARE_CLASS_CLONE(hidden or {})
+    if node_cls.INPUT_IS_LIST:
+        inputs = {k: list(v) if isinstance(v, Many) else [v] for k, v in inputs.items()}
     return make_locked_method_func(node_cls, "EXECUTE_NORMALIZED", clone)(**inputs)
 
 

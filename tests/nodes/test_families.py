@@ -49,7 +49,7 @@ def test_trained_model_equals_load_then_apply_of_its_file(tiny, helpers, loras_d
 
     model = model_of(tiny, kind)
     latents = {"samples": torch.randn(1, *tiny.LATENT[kind], generator=torch.Generator().manual_seed(5))}
-    trained, adapter, loss = helpers.run_node(
+    trained, adapter, loss, _previews = helpers.run_node(
         TLoRATrain, hidden={}, model=model, latents=latents, positive=tiny.conditioning(kind)[0], steps=2,
         learning_rate=0.02, rank=4, min_rank=2, schedule_power=1.0, variant="T-LoRA", init="principal", batch_size=1,
         seed=0, save_every=0, filename_prefix=f"tlora/{kind}", resume_from="none", training_dtype="fp32",

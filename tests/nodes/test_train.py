@@ -11,11 +11,18 @@ pytestmark = pytest.mark.comfyui
 
 
 def train(helpers, tiny, model, kind, positive=None, latents=None, mask=None, **overrides):
+    """T-LoRA Train's MODEL, TLORA and loss outputs (``train_all``: also its previews)."""
+    return train_all(helpers, tiny, model, kind, positive, latents, mask, **overrides)[:3]
+
+
+def train_all(helpers, tiny, model, kind, positive=None, latents=None, mask=None, **overrides):
     from tlora_nodes.nodes.train import TLoRATrain
 
+    if latents is None:
+        latents = torch.randn(1, *tiny.LATENT[kind], generator=torch.Generator().manual_seed(5))
     inputs = dict(
         model=model,
-        latents={"samples": latents if latents is not None else torch.randn(1, *tiny.LATENT[kind], generator=torch.Generator().manual_seed(5))},
+        latents={"samples": latents} if isinstance(latents, torch.Tensor) else latents,
         positive=positive if positive is not None else tiny.conditioning(kind)[0],
         steps=6, learning_rate=0.02, rank=8, min_rank=4, schedule_power=1.0, variant="Vanilla T-LoRA",
         init="last", batch_size=1, seed=0, save_every=0, filename_prefix="tlora/test", resume_from="none",
@@ -38,7 +45,7 @@ def test_loss_falls_over_a_few_dozen_steps_on_one_latent(tiny, helpers, loras_di
     losses = out[2]["loss"]
     assert len(losses) == 40 and all(isinstance(v, float) for v in losses)
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
-    assert saved_files(loras_dir) == ["tlora/test_00001_.safetensors"]
+    assert saved_files(loras_dir) == ["tlora/test_00001_.safetensors", "tlora/test_00001_step00040.safetensors"]
 
 
 @pytest.mark.parametrize("variant", ["T-LoRA", "Vanilla T-LoRA"])
@@ -132,7 +139,8 @@ def test_cancel_during_the_last_step_saves_the_run_and_stops_the_graph(tiny, hel
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         train(helpers, tiny, tiny.build("sd15"), "sd15", steps=3)
     assert not comfy.model_management.processing_interrupted()
-    assert saved_files(loras_dir) == ["tlora/test_00001_.safetensors"]  # complete, so the final file
+    # complete, so the final file (and the last step's checkpoint)
+    assert saved_files(loras_dir) == ["tlora/test_00001_.safetensors", "tlora/test_00001_step00003.safetensors"]
     assert load_tlora(str(loras_dir / "tlora/test_00001_.safetensors")).adapter.training_steps == 3
 
 
@@ -144,6 +152,7 @@ def test_checkpoints_every_n_steps_are_resumable_files(tiny, helpers, loras_dir)
         "tlora/test_00001_.safetensors",
         "tlora/test_00001_step00002.safetensors",
         "tlora/test_00001_step00004.safetensors",
+        "tlora/test_00001_step00005.safetensors",  # the last step: the run can be continued
     ]
     checkpoint = load_tlora(str(loras_dir / "tlora/test_00001_step00004.safetensors"))
     assert checkpoint.training_state["step"].item() == 4 and "rng" in checkpoint.training_state
@@ -342,7 +351,7 @@ def test_same_seed_gives_the_same_adapter(tiny, helpers, loras_dir):
 # -- bad input ------------------------------------------------------------------------------------------
 def test_latent_and_conditioning_counts_must_match(tiny, helpers, loras_dir):
     positive = tiny.conditioning("sd15")[0] * 2
-    with pytest.raises(ValueError, match="T-LoRA Train: got 3 latents but 2 conditionings"):
+    with pytest.raises(ValueError, match="T-LoRA Train: got 3 images but 2 captions"):
         train(helpers, tiny, tiny.build("sd15"), "sd15", positive=positive, latents=torch.randn(3, 4, 8, 8))
 
 

@@ -7,6 +7,9 @@
 //   connected T-LoRA Train, or the file behind a connected T-LoRA Load (GET /tlora/info reads
 //   its header) with Load's non-zero min_rank / schedule_power overriding the file's values.
 //
+// - T-LoRA Train loaded from a workflow saved before its `recipe` input existed: recipe "custom",
+//   so the workflow keeps training with the values set on it.
+//
 // The plot is a canvas widget that is never serialised (not in widgets_values, not in the API
 // prompt), appended after the node's own widgets so saved workflows keep their layout.
 
@@ -318,6 +321,17 @@ app.registerExtension({
       return result;
     };
     if (nodeData.name === TRAIN) {
+      // A workflow saved before T-LoRA Train had its `recipe` widget meant the values set on the
+      // node: keep them ("custom") rather than the family reference a new node starts with.
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function (info) {
+        const result = onConfigure?.apply(this, arguments);
+        const saved = this.widgets?.filter((w) => w.serialize !== false && w.options?.serialize !== false) ?? [];
+        const position = saved.findIndex((w) => w.name === "recipe");
+        const recipe = saved[position];
+        if (recipe && Array.isArray(info?.widgets_values) && info.widgets_values.length <= position) recipe.value = "custom";
+        return result;
+      };
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (output) {
         onExecuted?.apply(this, arguments);
