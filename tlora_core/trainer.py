@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .adapter import TLoRA
+from .adapter import TLoRA, check_timestep_range
 from .schedule import NUM_TRAIN_TIMESTEPS
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainSettings:
     """steps: total optimizer steps of the run (a resumed run continues up to it).
-    save_every: write a checkpoint every N steps (0 = only at the end and on cancel)."""
+    save_every: write a checkpoint every N steps (0 = only at the end and on cancel).
+    timestep_range: draw timesteps from [first, end) instead of [0, num_timesteps) (one expert of
+    a two-expert model); None: all of them."""
 
     steps: int = 800
     learning_rate: float = 1e-4
@@ -38,8 +40,10 @@ class TrainSettings:
     weight_decay: float = 1e-4
     eps: float = 1e-8
     num_timesteps: int = NUM_TRAIN_TIMESTEPS
+    timestep_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "timestep_range", check_timestep_range(self.timestep_range, self.num_timesteps))
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"T-LoRA: steps ({self.steps!r}) must be >= 1. The paper trains 800 steps.")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -181,8 +185,10 @@ class Trainer:
         """The next batch; consumes the generator exactly like every other run with this seed."""
         b = self.settings.batch_size
         g = self.generator
+        first, end = self.settings.timestep_range or (0, self.settings.num_timesteps)
         indices = torch.randint(0, self.num_samples, (b,), generator=g)
-        timesteps = torch.randint(0, self.settings.num_timesteps, (b,), generator=g)
+        # one draw per row whatever the range: a sub-range consumes the generator like the full one
+        timesteps = torch.randint(first, end, (b,), generator=g)
         noise = torch.randn((b, *self.sample_shape), generator=g)
         return Batch(self.step + 1, indices, timesteps, noise)
 
