@@ -50,6 +50,11 @@ def check_trainable(model, samples: torch.Tensor) -> None:
     latent_format = model.get_model_object("latent_format")
     channels = latent_format.latent_channels
     dims = 2 + getattr(latent_format, "latent_dimensions", 2)  # (B, C, H, W) or (B, C, T, H, W)
+    if samples.dim() == 5 and not kind.video and (dims == 4 or samples.shape[2] != 1):
+        raise ValueError(
+            f"{DISPLAY_NAME}: the latents are a video ({samples.shape[2]} frames, shape {tuple(samples.shape)}), but "
+            f"{kind.label} makes images. Encode images with this model's VAE (VAE Encode), or train a video model."
+        )
     if samples.dim() not in (4, dims) or samples.shape[1] != channels:
         got = f"{samples.shape[1]} channels" if samples.dim() in (4, 5) else f"shape {tuple(samples.shape)}"
         raise ValueError(
@@ -63,11 +68,14 @@ def _downscale(model) -> int:
     return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
 
 
-def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale: int = 8) -> torch.Tensor | None:
+def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale: int = 8, frame_stride: int = 1) -> torch.Tensor | None:
     """A MASK (image or latent resolution, one or one per image) as 0/1 weights (M, 1, h, w).
-    downscale: image pixels per latent pixel (8 for most VAEs, 16 for FLUX.2's, ...)."""
+    downscale: image pixels per latent pixel (8 for most VAEs, 16 for FLUX.2's, ...).
+    Video latents (M, C, T, h, w): see ``video_subject_weights``."""
     if mask is None:
         return None
+    if latents.dim() == 5:
+        return video_subject_weights(mask, latents, downscale, frame_stride)
     n, h, w = latents.shape[0], latents.shape[-2], latents.shape[-1]
     mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
     if mask.shape[0] not in (1, n):
@@ -84,6 +92,112 @@ def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale:
     if bool((weights.flatten(1).sum(1) == 0).any()):
         raise ValueError(f"{DISPLAY_NAME}: a mask covers no pixel of its image; paint the subject white.")
     return weights
+
+
+def video_subject_weights(mask: torch.Tensor, latents: torch.Tensor, downscale: int, frame_stride: int) -> torch.Tensor:
+    """Subject masks for video latents (M, C, T, h, w) as 0/1 weights (M, 1, T, h, w), or
+    (M, 1, 1, h, w) when one mask holds for every frame. A MASK batch of N frames (image or latent
+    size) is: N = 1 one mask for everything; M one per latent, all its frames; T (or M·T) one per
+    latent frame; F (or M·F) one per video frame, F = frame_stride·(T − 1) + 1 the frames a video VAE
+    encodes into T latent frames (the first alone, then frame_stride per latent frame): a latent
+    frame weighs the pixels where the subject is in any of its video frames."""
+    n, frames, h, w = latents.shape[0], latents.shape[2], latents.shape[-2], latents.shape[-1]
+    video_frames = frame_stride * (frames - 1) + 1
+    mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
+    count = mask.shape[0]
+    # (masks per latent, video frames per mask frame), the first that fits
+    readings = ((1, (1, 1)), (n, (1, 1)), (n * frames, (frames, 1)), (n * video_frames, (video_frames, frame_stride)))
+    per, steps = next((reading for option, reading in readings if option == count), (0, 0))
+    if not per:
+        counts = sorted({option for option, _ in readings})
+        raise ValueError(
+            f"{DISPLAY_NAME}: got a mask of {count} frames for {n} latent(s) of {frames} latent frames ({video_frames} "
+            f"frames of video). Give {', '.join(map(str, counts[:-1]))} or {counts[-1]} masks: one for all frames, one per "
+            f"latent frame, or one per video frame (the frames the VAE turned into these latents)."
+        )
+    size = tuple(mask.shape[-2:])
+    if size not in ((h, w), (downscale * h, downscale * w)):
+        raise ValueError(
+            f"{DISPLAY_NAME}: the mask is {size[1]}x{size[0]} but the latents need {downscale * w}x{downscale * h} (video size) or "
+            f"{w}x{h} (latent size). Make the mask from the same frames you encoded."
+        )
+    flat = (comfy.utils.reshape_mask(mask, (count, 1, h, w)) > 0.5).float()
+    groups = flat.reshape(count // per, per, h, w)
+    if steps > 1:  # video frames -> the latent frame that encodes them: 0 | 1..s | s+1..2s | ...
+        first = groups[:, :1]
+        rest = groups[:, 1:].reshape(groups.shape[0], frames - 1, steps, h, w).amax(dim=2)
+        groups = torch.cat([first, rest], dim=1)
+    weights = groups.unsqueeze(1)  # (M or 1, 1, T or 1, h, w)
+    if bool((weights.flatten(1).sum(1) == 0).any()):
+        raise ValueError(f"{DISPLAY_NAME}: a mask covers no pixel of its video in any frame; paint the subject white.")
+    return weights
+
+
+_START_IMAGE = {"concat_latent_image": "start image latent (concat_latent_image)",
+                "clip_vision_output": "CLIP-vision output of the start image (clip_vision_output)"}
+
+
+def check_start_image(model, samples: torch.Tensor, positive) -> None:
+    """An image-to-video model's start image comes from the graph (WanImageToVideo,
+    HunyuanVideo15ImageToVideo, ...) in the conditioning: there, and made for these latents.
+    ComfyUI itself would fail at the first step on another frame count, and stretch another size."""
+    kind = model_kinds.kind_of(model, DISPLAY_NAME)
+    if not kind.video:
+        return
+    needed = model_kinds.start_image_inputs(model, DISPLAY_NAME)
+    frames, h, w = samples.shape[2], samples.shape[-2], samples.shape[-1]
+    down, stride = _downscale(model), kind.frame_stride
+    for i, entry in enumerate(positive):
+        extra = entry[1]
+        which = f"conditioning {i + 1}" if len(positive) > 1 else "positive"
+        if needed is not None:
+            node, keys = needed
+            missing = [_START_IMAGE[k] for k in keys if extra.get(k) is None]
+            if missing:
+                inputs = "start_image" + (" and clip_vision_output (CLIP Vision Encode)" if "clip_vision_output" in keys else "")
+                raise ValueError(
+                    f"{DISPLAY_NAME}: {kind.label} makes videos from a start image, but {which} carries no "
+                    f"{' and no '.join(missing)}. Make positive with {node} ({inputs}) and connect its positive here."
+                )
+        for key in ("concat_latent_image", "concat_mask"):
+            value = extra.get(key)
+            if not isinstance(value, torch.Tensor) or value.dim() != 5:
+                continue
+            got_frames, got_h, got_w = value.shape[2], value.shape[-2], value.shape[-1]
+            size_differs = key == "concat_latent_image" and (got_h, got_w) != (h, w)
+            if got_frames != frames or size_differs:
+                raise ValueError(
+                    f"{DISPLAY_NAME}: the start image in {which} was made for {got_frames} latent frames "
+                    f"({stride * (got_frames - 1) + 1} video frames) of {got_w * down}x{got_h * down}, the latents have "
+                    f"{frames} ({stride * (frames - 1) + 1} video frames) of {w * down}x{h * down}. Set length to "
+                    f"{stride * (frames - 1) + 1} and width x height to {w * down}x{h * down} on the node that made "
+                    f"positive (e.g. WanImageToVideo)."
+                )
+
+
+def latent_noise_mask(latents: dict, samples: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """The latents' noise_mask (0 = given and kept, e.g. the start frame of Wan 2.2 TI2V's or
+    LTX-Video's image-to-video latent), checked before any work. Training treats it as sampling
+    does: the given frames stay as they are (clean, timestep 0, for those models) and the loss
+    skips them, because the sampler replaces the model's output there by the given latent, and
+    from a clean frame the flow target noise - x0 can't be predicted: it would only add noise."""
+    mask = latents.get("noise_mask")
+    if mask is None:
+        return None
+    full = comfy.utils.reshape_mask(mask.float(), samples.shape)  # what the sampler makes of it
+    if not bool((full == full[:1]).all()):
+        raise ValueError(
+            f"{DISPLAY_NAME}: the latents' noise_mask differs between latents. Give one noise mask for all of them "
+            f"(train latents with different given frames in separate runs)."
+        )
+    covered = full if weights is None else full * weights
+    if bool((covered.flatten(1).sum(1) == 0).any()):
+        where = "everything the subject mask covers" if weights is not None else "every frame"
+        raise ValueError(
+            f"{DISPLAY_NAME}: the latents' noise_mask marks {where} as given, so there is nothing to learn (an "
+            f"image-to-video latent of one frame?). Train on a clip of several frames, or on latents without a noise mask."
+        )
+    return mask
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -193,6 +307,18 @@ def _init_progress(node_id: str | None):
 
 
 # -- the loop inside ComfyUI's sampling machinery -----------------------------------------------------
+def given_frames_as_sampled(base, x_t: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+    """The model input where a latent's noise mask (0 = given, e.g. the start frame of an
+    image-to-video latent) keeps the latent, made as ComfyUI's sampler makes it: the model's own
+    ``scale_latent_inpaint`` there (clean for Wan 2.2, LTX-Video, HunyuanVideo; the noised latent,
+    i.e. no change, for the others), x_t elsewhere. The model gets the mask too (per-frame
+    timesteps: 0 on given frames), through the conditioning."""
+    kept = base.scale_latent_inpaint(x=x_t, sigma=sigma, noise=noise, latent_image=x0, denoise_mask=mask)
+    return x_t * mask + kept * (1.0 - mask)
+
+
+
 class _TrainSampler(comfy.samplers.Sampler):
     """A Sampler whose ``sample`` is the training loop: ComfyUI has loaded the model, processed
     the conditioning and merged our wrappers by the time it is called."""
@@ -218,6 +344,9 @@ class _TrainSampler(comfy.samplers.Sampler):
             noise_b = batch.noise.to(device, x0.dtype)
             sigma = model_kinds.timestep_to_sigma(sampling, batch.timesteps, DISPLAY_NAME).to(device, x0.dtype)
             x_t = sampling.noise_scaling(sigma, noise_b, x0)
+            given = None if denoise_mask is None else denoise_mask[idx]
+            if given is not None:
+                x_t = given_frames_as_sampled(base, x_t, sigma, noise_b, x0, given)
             target = model_kinds.training_target(sampling, sigma, noise_b, x0, DISPLAY_NAME)
             groups = idx if len(conds) > 1 else torch.zeros_like(idx)
             total = 0.0
@@ -225,13 +354,15 @@ class _TrainSampler(comfy.samplers.Sampler):
                 rows = (groups == group).nonzero().flatten()
                 comfy.samplers.calc_cond_batch(base, [[conds[group]]], x_t[rows], sigma[rows], model_options)
                 error = (self.capture.take().float() - target[rows]) ** 2
-                if weights is None:
+                w = None
+                if weights is not None:
+                    w = weights[idx[rows]] if weights.shape[0] > 1 else weights.expand(len(rows), *weights.shape[1:])
+                if given is not None:  # the sampler keeps its own latent where the mask is 0: no loss there
+                    w = given[rows] if w is None else w * given[rows]
+                if w is None:
                     loss = error.mean()
                 else:
-                    w = weights[idx[rows]] if weights.shape[0] > 1 else weights.expand(len(rows), -1, -1, -1)
-                    if error.dim() == 5:
-                        w = w.unsqueeze(2)  # one mask for every frame
-                    loss = (error * w).sum() / (w.sum() * error.shape[1])
+                    loss = (error * w).sum() / w.expand_as(error).sum()
                 share = len(rows) / len(idx)
                 # backward per group: checkpointed blocks recompute with this group's masks
                 (loss * share).backward()
@@ -260,8 +391,12 @@ class TLoRATrain(io.ComfyNode):
             ),
             is_output_node=True,
             inputs=[
-                io.Model.Input("model", tooltip="The model to teach (SD1.5, SD2, SDXL or FLUX.1). It is not changed."),
-                io.Latent.Input("latents", tooltip="The training image(s), VAE-encoded (VAE Encode). One is enough."),
+                io.Model.Input(
+                    "model", tooltip="The model to teach (SD, SDXL, FLUX and the other image and video families in the README). It is not changed.",
+                ),
+                io.Latent.Input(
+                    "latents", tooltip="The training image(s) or a short clip, VAE-encoded (VAE Encode). One image is enough.",
+                ),
                 io.Conditioning.Input(
                     "positive",
                     tooltip="The prompt, e.g. 'a photo of sks cat': one for all images, or one per image.",
@@ -315,7 +450,20 @@ class TLoRATrain(io.ComfyNode):
                 ),
                 io.Mask.Input(
                     "mask", optional=True,
-                    tooltip="Optional subject mask: the loss only looks at the white part (recommended for people).",
+                    tooltip=(
+                        "Optional subject mask: the loss only looks at the white part (recommended for people). "
+                        "Video: one mask for all frames, or one per frame (latent or video frames)."
+                    ),
+                ),
+                io.Combo.Input(
+                    "expert", options=list(model_kinds.EXPERTS), default="none", optional=True,
+                    tooltip=(
+                        "Wan 2.2 A14B comes as a high-noise and a low-noise expert, each sampling only its own "
+                        "timesteps: say which one MODEL is and train one T-LoRA per expert (the files end in "
+                        "_high_noise / _low_noise). Each trains on its expert's timesteps only (split at t 875, I2V "
+                        "900), so the high-noise T-LoRA runs at ranks r_min to about r_min + (rank - min_rank)/8 "
+                        "(32-36 for 64/32). none: every other model."
+                    ),
                 ),
             ],
             outputs=[
@@ -331,21 +479,26 @@ class TLoRATrain(io.ComfyNode):
     def execute(
         cls, model, latents, positive, steps, learning_rate, rank, min_rank, schedule_power, variant, init,
         batch_size, seed, save_every, filename_prefix, resume_from, training_dtype, gradient_checkpointing, mask=None,
+        expert="none",
     ) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         if variant not in VARIANTS:
             raise ValueError(f"{DISPLAY_NAME}: variant {variant!r} is not one of {', '.join(map(repr, VARIANTS))}.")
         try:
+            span = model_kinds.expert_range(model, expert, DISPLAY_NAME)
             settings = TrainSettings(
-                steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed, save_every=save_every
+                steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=seed, save_every=save_every,
+                timestep_range=span,
             )
             family = model_kinds.kind_of(model, DISPLAY_NAME).family
             config = TLoRAConfig(
                 variant=VARIANTS[variant], rank=rank, min_rank=min_rank,
-                schedule_power=schedule_power, init=init, model_family=family,
+                schedule_power=schedule_power, init=init, model_family=family, timestep_range=span,
             )
         except ValueError as err:
             raise ValueError(node_message(DISPLAY_NAME, err)) from err
+        if span is not None:  # the two experts' files side by side: <prefix>_high_noise_00001_, <prefix>_low_noise_00001_
+            filename_prefix = f"{filename_prefix}_{expert.replace('-', '_')}"
         if training_dtype not in DTYPES:
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
         samples = latents["samples"]
@@ -357,9 +510,13 @@ class TLoRATrain(io.ComfyNode):
                 f"{DISPLAY_NAME}: got {samples.shape[0]} latents but {len(positive)} conditionings. Connect one "
                 f"conditioning for all images, or exactly one per image (in the same order)."
             )
+        check_start_image(model, samples, positive)
+        kind = model_kinds.kind_of(model, DISPLAY_NAME)
+        weights = subject_weights(mask, samples, _downscale(model), kind.frame_stride)
         result = train(
             model, samples, positive, settings, config, DTYPES[training_dtype], gradient_checkpointing,
-            subject_weights(mask, samples, _downscale(model)), filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
+            weights, filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
+            noise_mask=latent_noise_mask(latents, samples, weights),
         )
         return io.NodeOutput(
             result.model, result.adapter, {"loss": result.losses}, ui={"tlora_saved": [result.saved]}
@@ -397,6 +554,11 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.
         for field in ("model_family", "variant", "rank", "min_rank", "schedule_power", "init")
         if getattr(got, field) != getattr(config, field)
     ]
+    if got.timestep_range != config.timestep_range:  # the other expert's T-LoRA, or a whole-model one
+        differences.append(
+            f"timesteps {model_kinds.describe_range(got.timestep_range)} (this node: "
+            f"{model_kinds.describe_range(config.timestep_range)}; set 'expert' to match)"
+        )
     if not differences and loaded.adapter.shapes() != model_kinds.layer_shapes(targets):
         differences.append("its layers (another architecture)")
     if differences:
@@ -424,7 +586,7 @@ def _warn_if_resumed_differently(path_name: str, stored: dict[str, str], now: di
 def train(
     model, samples: torch.Tensor, positive, settings: TrainSettings, config: TLoRAConfig, dtype: torch.dtype,
     gradient_checkpointing: bool, weights: torch.Tensor | None, filename_prefix: str, resume_from: str | None,
-    node_id: str | None = None,
+    node_id: str | None = None, noise_mask: torch.Tensor | None = None,
 ) -> TrainOutput:
     targets = model_kinds.find_targets(model, DISPLAY_NAME)
     files = RunFiles.new(filename_prefix)
@@ -469,7 +631,7 @@ def train(
         sampler = _TrainSampler(trainer, callbacks, capture, weights)
         try:
             with compat.differentiable_kernels():
-                guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), seed=settings.seed)
+                guider.sample(torch.zeros_like(samples), samples, sampler, torch.ones(1), denoise_mask=noise_mask, seed=settings.seed)
         except (TrainingDiverged, NoGradient) as err:
             kept = f" ({callbacks.saved[-1]})" if callbacks.saved else ""
             raise RuntimeError(node_message(DISPLAY_NAME, err) + kept) from err
