@@ -25,7 +25,7 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tlora
 from ..tlora_core.trainer import Batch, NoGradient, Trainer, TrainingDiverged, TrainSettings
-from . import compat, model_kinds, patching, training_patches
+from . import compat, model_kinds, patching, training_patches, video
 from .load import tlora_files
 from .routes import prompt_server
 from .types import CATEGORY, TLora, node_message
@@ -63,19 +63,11 @@ def check_trainable(model, samples: torch.Tensor) -> None:
         )
 
 
-def _downscale(model) -> int:
-    """Image pixels per latent pixel (ComfyUI 0.3.64's latent formats don't say: 8)."""
-    return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
-
-
-def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale: int = 8, frame_stride: int = 1) -> torch.Tensor | None:
+def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale: int = 8) -> torch.Tensor | None:
     """A MASK (image or latent resolution, one or one per image) as 0/1 weights (M, 1, h, w).
-    downscale: image pixels per latent pixel (8 for most VAEs, 16 for FLUX.2's, ...).
-    Video latents (M, C, T, h, w): see ``video_subject_weights``."""
+    downscale: image pixels per latent pixel (8 for most VAEs, 16 for FLUX.2's, ...)."""
     if mask is None:
         return None
-    if latents.dim() == 5:
-        return video_subject_weights(mask, latents, downscale, frame_stride)
     n, h, w = latents.shape[0], latents.shape[-2], latents.shape[-1]
     mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
     if mask.shape[0] not in (1, n):
@@ -92,112 +84,6 @@ def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale:
     if bool((weights.flatten(1).sum(1) == 0).any()):
         raise ValueError(f"{DISPLAY_NAME}: a mask covers no pixel of its image; paint the subject white.")
     return weights
-
-
-def video_subject_weights(mask: torch.Tensor, latents: torch.Tensor, downscale: int, frame_stride: int) -> torch.Tensor:
-    """Subject masks for video latents (M, C, T, h, w) as 0/1 weights (M, 1, T, h, w), or
-    (M, 1, 1, h, w) when one mask holds for every frame. A MASK batch of N frames (image or latent
-    size) is: N = 1 one mask for everything; M one per latent, all its frames; T (or M·T) one per
-    latent frame; F (or M·F) one per video frame, F = frame_stride·(T − 1) + 1 the frames a video VAE
-    encodes into T latent frames (the first alone, then frame_stride per latent frame): a latent
-    frame weighs the pixels where the subject is in any of its video frames."""
-    n, frames, h, w = latents.shape[0], latents.shape[2], latents.shape[-2], latents.shape[-1]
-    video_frames = frame_stride * (frames - 1) + 1
-    mask = mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
-    count = mask.shape[0]
-    # (masks per latent, video frames per mask frame), the first that fits
-    readings = ((1, (1, 1)), (n, (1, 1)), (n * frames, (frames, 1)), (n * video_frames, (video_frames, frame_stride)))
-    per, steps = next((reading for option, reading in readings if option == count), (0, 0))
-    if not per:
-        counts = sorted({option for option, _ in readings})
-        raise ValueError(
-            f"{DISPLAY_NAME}: got a mask of {count} frames for {n} latent(s) of {frames} latent frames ({video_frames} "
-            f"frames of video). Give {', '.join(map(str, counts[:-1]))} or {counts[-1]} masks: one for all frames, one per "
-            f"latent frame, or one per video frame (the frames the VAE turned into these latents)."
-        )
-    size = tuple(mask.shape[-2:])
-    if size not in ((h, w), (downscale * h, downscale * w)):
-        raise ValueError(
-            f"{DISPLAY_NAME}: the mask is {size[1]}x{size[0]} but the latents need {downscale * w}x{downscale * h} (video size) or "
-            f"{w}x{h} (latent size). Make the mask from the same frames you encoded."
-        )
-    flat = (comfy.utils.reshape_mask(mask, (count, 1, h, w)) > 0.5).float()
-    groups = flat.reshape(count // per, per, h, w)
-    if steps > 1:  # video frames -> the latent frame that encodes them: 0 | 1..s | s+1..2s | ...
-        first = groups[:, :1]
-        rest = groups[:, 1:].reshape(groups.shape[0], frames - 1, steps, h, w).amax(dim=2)
-        groups = torch.cat([first, rest], dim=1)
-    weights = groups.unsqueeze(1)  # (M or 1, 1, T or 1, h, w)
-    if bool((weights.flatten(1).sum(1) == 0).any()):
-        raise ValueError(f"{DISPLAY_NAME}: a mask covers no pixel of its video in any frame; paint the subject white.")
-    return weights
-
-
-_START_IMAGE = {"concat_latent_image": "start image latent (concat_latent_image)",
-                "clip_vision_output": "CLIP-vision output of the start image (clip_vision_output)"}
-
-
-def check_start_image(model, samples: torch.Tensor, positive) -> None:
-    """An image-to-video model's start image comes from the graph (WanImageToVideo,
-    HunyuanVideo15ImageToVideo, ...) in the conditioning: there, and made for these latents.
-    ComfyUI itself would fail at the first step on another frame count, and stretch another size."""
-    kind = model_kinds.kind_of(model, DISPLAY_NAME)
-    if not kind.video:
-        return
-    needed = model_kinds.start_image_inputs(model, DISPLAY_NAME)
-    frames, h, w = samples.shape[2], samples.shape[-2], samples.shape[-1]
-    down, stride = _downscale(model), kind.frame_stride
-    for i, entry in enumerate(positive):
-        extra = entry[1]
-        which = f"conditioning {i + 1}" if len(positive) > 1 else "positive"
-        if needed is not None:
-            node, keys = needed
-            missing = [_START_IMAGE[k] for k in keys if extra.get(k) is None]
-            if missing:
-                inputs = "start_image" + (" and clip_vision_output (CLIP Vision Encode)" if "clip_vision_output" in keys else "")
-                raise ValueError(
-                    f"{DISPLAY_NAME}: {kind.label} makes videos from a start image, but {which} carries no "
-                    f"{' and no '.join(missing)}. Make positive with {node} ({inputs}) and connect its positive here."
-                )
-        for key in ("concat_latent_image", "concat_mask"):
-            value = extra.get(key)
-            if not isinstance(value, torch.Tensor) or value.dim() != 5:
-                continue
-            got_frames, got_h, got_w = value.shape[2], value.shape[-2], value.shape[-1]
-            size_differs = key == "concat_latent_image" and (got_h, got_w) != (h, w)
-            if got_frames != frames or size_differs:
-                raise ValueError(
-                    f"{DISPLAY_NAME}: the start image in {which} was made for {got_frames} latent frames "
-                    f"({stride * (got_frames - 1) + 1} video frames) of {got_w * down}x{got_h * down}, the latents have "
-                    f"{frames} ({stride * (frames - 1) + 1} video frames) of {w * down}x{h * down}. Set length to "
-                    f"{stride * (frames - 1) + 1} and width x height to {w * down}x{h * down} on the node that made "
-                    f"positive (e.g. WanImageToVideo)."
-                )
-
-
-def latent_noise_mask(latents: dict, samples: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
-    """The latents' noise_mask (0 = given and kept, e.g. the start frame of Wan 2.2 TI2V's or
-    LTX-Video's image-to-video latent), checked before any work. Training treats it as sampling
-    does: the given frames stay as they are (clean, timestep 0, for those models) and the loss
-    skips them, because the sampler replaces the model's output there by the given latent, and
-    from a clean frame the flow target noise - x0 can't be predicted: it would only add noise."""
-    mask = latents.get("noise_mask")
-    if mask is None:
-        return None
-    full = comfy.utils.reshape_mask(mask.float(), samples.shape)  # what the sampler makes of it
-    if not bool((full == full[:1]).all()):
-        raise ValueError(
-            f"{DISPLAY_NAME}: the latents' noise_mask differs between latents. Give one noise mask for all of them "
-            f"(train latents with different given frames in separate runs)."
-        )
-    covered = full if weights is None else full * weights
-    if bool((covered.flatten(1).sum(1) == 0).any()):
-        where = "everything the subject mask covers" if weights is not None else "every frame"
-        raise ValueError(
-            f"{DISPLAY_NAME}: the latents' noise_mask marks {where} as given, so there is nothing to learn (an "
-            f"image-to-video latent of one frame?). Train on a clip of several frames, or on latents without a noise mask."
-        )
-    return mask
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -307,18 +193,6 @@ def _init_progress(node_id: str | None):
 
 
 # -- the loop inside ComfyUI's sampling machinery -----------------------------------------------------
-def given_frames_as_sampled(base, x_t: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
-                            mask: torch.Tensor) -> torch.Tensor:
-    """The model input where a latent's noise mask (0 = given, e.g. the start frame of an
-    image-to-video latent) keeps the latent, made as ComfyUI's sampler makes it: the model's own
-    ``scale_latent_inpaint`` there (clean for Wan 2.2, LTX-Video, HunyuanVideo; the noised latent,
-    i.e. no change, for the others), x_t elsewhere. The model gets the mask too (per-frame
-    timesteps: 0 on given frames), through the conditioning."""
-    kept = base.scale_latent_inpaint(x=x_t, sigma=sigma, noise=noise, latent_image=x0, denoise_mask=mask)
-    return x_t * mask + kept * (1.0 - mask)
-
-
-
 class _TrainSampler(comfy.samplers.Sampler):
     """A Sampler whose ``sample`` is the training loop: ComfyUI has loaded the model, processed
     the conditioning and merged our wrappers by the time it is called."""
@@ -345,8 +219,7 @@ class _TrainSampler(comfy.samplers.Sampler):
             sigma = model_kinds.timestep_to_sigma(sampling, batch.timesteps, DISPLAY_NAME).to(device, x0.dtype)
             x_t = sampling.noise_scaling(sigma, noise_b, x0)
             given = None if denoise_mask is None else denoise_mask[idx]
-            if given is not None:
-                x_t = given_frames_as_sampled(base, x_t, sigma, noise_b, x0, given)
+            x_t = video.as_sampled(base, x_t, sigma, noise_b, x0, given)
             target = model_kinds.training_target(sampling, sigma, noise_b, x0, DISPLAY_NAME)
             groups = idx if len(conds) > 1 else torch.zeros_like(idx)
             total = 0.0
@@ -354,11 +227,7 @@ class _TrainSampler(comfy.samplers.Sampler):
                 rows = (groups == group).nonzero().flatten()
                 comfy.samplers.calc_cond_batch(base, [[conds[group]]], x_t[rows], sigma[rows], model_options)
                 error = (self.capture.take().float() - target[rows]) ** 2
-                w = None
-                if weights is not None:
-                    w = weights[idx[rows]] if weights.shape[0] > 1 else weights.expand(len(rows), *weights.shape[1:])
-                if given is not None:  # the sampler keeps its own latent where the mask is 0: no loss there
-                    w = given[rows] if w is None else w * given[rows]
+                w = video.loss_weights(weights, None if given is None else given[rows], idx[rows])
                 if w is None:
                     loss = error.mean()
                 else:
@@ -497,8 +366,7 @@ class TLoRATrain(io.ComfyNode):
             )
         except ValueError as err:
             raise ValueError(node_message(DISPLAY_NAME, err)) from err
-        if span is not None:  # the two experts' files side by side: <prefix>_high_noise_00001_, <prefix>_low_noise_00001_
-            filename_prefix = f"{filename_prefix}_{expert.replace('-', '_')}"
+        filename_prefix = video.expert_prefix(filename_prefix, expert, span)
         if training_dtype not in DTYPES:
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
         samples = latents["samples"]
@@ -510,13 +378,13 @@ class TLoRATrain(io.ComfyNode):
                 f"{DISPLAY_NAME}: got {samples.shape[0]} latents but {len(positive)} conditionings. Connect one "
                 f"conditioning for all images, or exactly one per image (in the same order)."
             )
-        check_start_image(model, samples, positive)
-        kind = model_kinds.kind_of(model, DISPLAY_NAME)
-        weights = subject_weights(mask, samples, _downscale(model), kind.frame_stride)
+        if model_kinds.kind_of(model, DISPLAY_NAME).video:
+            weights, noise_mask = video.training_inputs(model, latents, positive, mask, DISPLAY_NAME)
+        else:
+            weights, noise_mask = subject_weights(mask, samples, video.downscale(model)), None
         result = train(
             model, samples, positive, settings, config, DTYPES[training_dtype], gradient_checkpointing,
-            weights, filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id,
-            noise_mask=latent_noise_mask(latents, samples, weights),
+            weights, filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id, noise_mask,
         )
         return io.NodeOutput(
             result.model, result.adapter, {"loss": result.losses}, ui={"tlora_saved": [result.saved]}

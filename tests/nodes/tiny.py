@@ -348,3 +348,21 @@ def sample(model, kind: str, sampler="euler", scheduler="normal", steps=4, cfg=3
         callback=callback,
         **kwargs,
     )
+
+
+class StandInVAE:
+    """Stands in for a video VAE where ComfyUI's image-to-video nodes (WanImageToVideo,
+    Wan22ImageToVideoLatent, ...) encode their start image: they only call ``encode``. Frames
+    (F, H, W, 3) -> (1, channels, (F - 1) // stride + 1, H / down, W / down), as a video VAE
+    groups them (the first frame alone, then ``stride`` per latent frame), each group pooled and
+    mixed into the channels by a fixed random matrix: a deterministic latent of the right shape."""
+
+    def __init__(self, channels: int, down: int = 8, stride: int = 4, seed: int = 0):
+        self.down, self.stride = down, stride
+        self.mix = torch.randn(channels, 3, generator=torch.Generator().manual_seed(seed))
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.avg_pool2d(pixels[..., :3].movedim(-1, 1).float(), self.down)  # (F, 3, h, w)
+        groups = [x[:1]] + [x[i : i + self.stride].mean(0, keepdim=True) for i in range(1, x.shape[0], self.stride)]
+        frames = torch.einsum("kc,tchw->kthw", self.mix, torch.cat(groups))
+        return frames.unsqueeze(0)
