@@ -134,7 +134,30 @@ def training_inputs(model, latents: dict, positive, mask: torch.Tensor | None, n
     check_start_image(model, samples, positive, node)
     kind = model_kinds.kind_of(model, node)
     weights = None if mask is None else subject_weights(mask, samples, downscale(model), kind.frame_stride, node)
-    return weights, noise_mask(latents, samples, weights, node)
+    given = noise_mask(latents, samples, weights, node)
+    check_not_empty(samples, given, node)
+    return weights, given
+
+
+def check_not_empty(samples: torch.Tensor, given: torch.Tensor | None, node: str) -> None:
+    """Latents with one value per channel wherever the model has to make something hold no
+    picture: an empty video (EmptyHunyuanLatentVideo, ...: zeros) or the sampling start of an
+    image-to-video node (Wan22ImageToVideoLatent, LTXVImgToVideo: the start image, then the
+    format's empty value), not a clip."""
+    learn = torch.ones_like(samples, dtype=torch.bool) if given is None else (
+        comfy.utils.reshape_mask(given.float(), samples.shape) > 0)
+    empty = []
+    for i, (latent, where) in enumerate(zip(samples, learn)):
+        spread = [float(v.max() - v.min()) for v in (channel[inside] for channel, inside in zip(latent, where)) if v.numel()]
+        if not any(spread):
+            empty.append(i + 1)
+    if empty:
+        raise ValueError(
+            f"{node}: latent {', '.join(map(str, empty))} holds no picture in the frames to learn (one value per "
+            f"channel: an empty latent or the "
+            f"start latent of an image-to-video node, not your images. Encode the images or the clip with VAE Encode "
+            f"(for LTX-Video i2v: then LTXVImgToVideoInplace)."
+        )
 
 
 def as_sampled(base, x_t: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,

@@ -243,6 +243,32 @@ def test_wan22_5b_i2v_latent_keeps_its_start_frame_clean_at_timestep_0_and_out_o
     assert torch.isclose((error * w).sum() / w.sum(), error[:, :, 1:].mean())
 
 
+def test_ltxv_i2v_inplace_latent_trains_with_its_first_frame_given(tiny, helpers, loras_dir):
+    """LTXVImgToVideoInplace writes the start image into the encoded clip and marks it given: the
+    model gets the clean start frame with timestep 0 on its tokens, as when sampling."""
+    nodes_lt = pytest.importorskip("comfy_extras.nodes_lt")
+    if not hasattr(nodes_lt, "LTXVImgToVideoInplace"):
+        pytest.skip("this ComfyUI has no LTXVImgToVideoInplace node")
+    model = model_of(tiny, "ltxv")
+    clip = {"samples": latents_of(tiny, "ltxv", 3)}
+    made = helpers.run_node(nodes_lt.LTXVImgToVideoInplace, vae=tiny.StandInVAE(128, down=32, stride=8),
+                            image=start_image(size=128), latent=clip, strength=1.0)[0]
+    inputs = Inputs(model)
+    try:
+        trained, _, loss = train(helpers, tiny, model, "ltxv", latents=made, steps=2)
+    finally:
+        inputs.remove()
+    x0 = model.get_model_object("latent_format").process_in(made["samples"])
+    assert inputs.calls and all(torch.isfinite(torch.tensor(loss["loss"])))
+    for call in inputs.calls:
+        assert float(call["timestep"].min()) == 0.0 and float(call["timestep"].max()) > 0.0
+        assert torch.allclose(call["x"][:, :, :1], x0[:, :, :1], atol=1e-6)
+        assert not torch.allclose(call["x"][:, :, 1:], x0[:, :, 1:], atol=1e-3)
+    loaded = load(helpers, "tlora/ltxv_00001_.safetensors")
+    got = tiny.sample(trained, "ltxv", steps=2, scheduler="simple")
+    assert torch.equal(got, tiny.sample(apply(helpers, model, loaded), "ltxv", steps=2, scheduler="simple"))
+
+
 # -- subject masks per frame -------------------------------------------------------------------------
 def test_a_mask_per_video_frame_weighs_each_latent_frame_by_its_own_video_frames():
     from tlora_nodes.nodes import video
@@ -372,6 +398,19 @@ def test_a_latent_whose_every_frame_is_given_is_refused(tiny, helpers, loras_dir
                             length=1, batch_size=1, start_image=start_image(size=128))[0]
     with pytest.raises(ValueError, match="noise_mask marks every frame as given"):
         train(helpers, tiny, model, "wan22_5b", latents=made)
+
+
+def test_the_start_latent_of_an_i2v_node_is_not_a_clip_to_train_on(tiny, helpers, loras_dir, no_adapter_init):
+    from comfy_extras.nodes_wan import Wan22ImageToVideoLatent
+
+    model = model_of(tiny, "wan22_5b")
+    made = helpers.run_node(Wan22ImageToVideoLatent, vae=tiny.StandInVAE(48, down=16), width=128, height=128,
+                            length=9, batch_size=1, start_image=start_image(size=128))[0]
+    with pytest.raises(ValueError, match="latent 1 holds no picture in the frames to learn.*VAE Encode"):
+        train(helpers, tiny, model, "wan22_5b", latents=made)
+    with pytest.raises(ValueError, match="latent 2 holds no picture"):
+        samples = torch.cat([latents_of(tiny, "wan22_5b", 3), torch.zeros(1, *tiny.latent_shape("wan22_5b", 3))])
+        train(helpers, tiny, model, "wan22_5b", latents={"samples": samples})
 
 
 def test_video_latents_for_an_image_model_are_refused(tiny, helpers, loras_dir, no_adapter_init):

@@ -359,6 +359,7 @@ class StandInVAE:
 
     def __init__(self, channels: int, down: int = 8, stride: int = 4, seed: int = 0):
         self.down, self.stride = down, stride
+        self.downscale_index_formula = (stride, down, down)  # what LTXVImgToVideoInplace reads
         self.mix = torch.randn(channels, 3, generator=torch.Generator().manual_seed(seed))
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
