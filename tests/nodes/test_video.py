@@ -307,7 +307,7 @@ def test_training_a_clip_with_a_subject_mask_per_frame_or_one_for_all(tiny, help
 
 
 # -- two experts (Wan 2.2 A14B) --------------------------------------------------------------------------
-def test_an_expert_trains_on_its_timesteps_only_and_its_file_says_so(tiny, helpers, loras_dir):
+def test_an_expert_trains_on_its_timesteps_only_and_its_file_says_so(tiny, helpers, loras_dir, caplog):
     """The A14B I2V high-noise expert (WAN21_T2V with 36 input channels) with WanImageToVideo's
     start image: every training call at t >= 900, the file named and marked for that expert."""
     model = model_of(tiny, "wan21", **A14B_I2V)
@@ -320,8 +320,10 @@ def test_an_expert_trains_on_its_timesteps_only_and_its_file_says_so(tiny, helpe
     assert adapter.config.timestep_range == (900, 1000)
     timesteps = torch.cat([c["timestep"].reshape(-1) for c in inputs.calls])
     assert len(timesteps) == 4 and bool((timesteps >= 900).all()), timesteps
-    loaded = load(helpers, "tlora/wan21_high_noise_00001_.safetensors")
+    with caplog.at_level("INFO"):
+        loaded = load(helpers, "tlora/wan21_high_noise_00001_.safetensors")
     assert loaded.config.timestep_range == (900, 1000)
+    assert "trained for the high-noise expert: t 900-999 (sigma 0.900-1.000) only" in caplog.text
     ranks = {int(adapter.schedule.rank_at(t)) for t in timesteps}
     assert ranks == {2}  # rank 4, min_rank 2: the high-noise expert runs at r_min
 
