@@ -1,7 +1,7 @@
 """Wan 2.1 at full width on a 33-frame 480p latent, per transformer block: the T-LoRA Train step
 and the Timestep-Aware Apply overhead.
 
-A Wan 2.1 model (ComfyUI's ``WAN21_T2V``) at the real width of the 1.3B (1536 = 12 heads x 128,
+A Wan 2.1 model (ComfyUI's ``WAN21_T2V``, PyTorch attention: ``use_pytorch_attention``) at the real width of the 1.3B (1536 = 12 heads x 128,
 FFN 8960) or the 14B checkpoint (5120 = 40 x 128, FFN 13824), umT5 context 512 x 4096, with only
 ``--blocks`` of its transformer blocks (the full 30 / 40 are beyond a small CPU; every block has
 the same shapes, so the figures are per block and the whole model is an extrapolation). The
@@ -180,8 +180,21 @@ def train_part(args, model, shape) -> dict:
     return result
 
 
+def use_pytorch_attention(args: argparse.Namespace) -> None:
+    """ComfyUI's --use-pytorch-cross-attention (what it picks by itself on NVIDIA GPUs): on a CPU
+    it otherwise takes its sub-quadratic attention, which in a training step keeps every score
+    chunk for the backward pass, (heads x tokens^2) floats: 9.5 GB for one 1.3B block at 14,040
+    tokens. PyTorch's CPU flash attention keeps O(tokens)."""
+    for position, extra in enumerate([str(c.find_comfyui(args.comfyui)), *c._comfyui_env().extra_pythonpath()]):
+        sys.path.insert(position, extra)
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.use_pytorch_cross_attention = True  # read once, when comfy.model_management is imported
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    use_pytorch_attention(args)
     comfyui = c.start(args)
     frames, height, width = (int(v) for v in args.latent.split("x"))
     shape = (1, 16, frames, height, width)
@@ -195,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"machine": c.machine_info(cpu, comfyui), "width": args.width, "config": dict(WAN, **WIDTHS[args.width]),
               "blocks": args.blocks, "latent": shape, "tokens": tokens, "text_tokens": TEXT_TOKENS, "params": params,
               "threads": torch.get_num_threads(), "load_before": os.getloadavg(),
-              "adapter_init": "fast (no SVD)" if args.fast_init else "TLoRA.create (SVD)"}
+              "adapter_init": "fast (no SVD)" if args.fast_init else "TLoRA.create (SVD)",
+              "attention": __import__("comfy.ldm.modules.attention", fromlist=["x"]).optimized_attention.__name__}
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if "apply" in parts:
         with torch.inference_mode():
