@@ -209,6 +209,33 @@ def test_wan_i2v_trains_on_the_start_image_and_clip_vision_from_wan_image_to_vid
     assert not torch.equal(got, tiny.sample(model, "wan21_i2v", **kwargs))
 
 
+def test_hunyuan_video15_i2v_trains_on_the_start_image_from_its_own_node(tiny, helpers, loras_dir):
+    nodes_hunyuan = pytest.importorskip("comfy_extras.nodes_hunyuan")
+    model = model_of(tiny, "hunyuan_video15")  # skips where the class is missing (0.3.64)
+    import comfy.clip_vision
+
+    pos, neg = tiny.conditioning("hunyuan_video15")
+    drop = ("concat_latent_image", "concat_mask", "clip_vision_output")  # what the i2v node adds
+    pos, neg = ([[c[0][0], {k: v for k, v in c[0][1].items() if k not in drop}]] for c in (pos, neg))
+    vision = comfy.clip_vision.Output()
+    vision["last_hidden_state"] = torch.randn(1, 9, 32, generator=torch.Generator().manual_seed(9))
+    positive, negative, _ = helpers.run_node(
+        nodes_hunyuan.HunyuanVideo15ImageToVideo, positive=pos, negative=neg, vae=tiny.StandInVAE(32, down=16),
+        width=128, height=128, length=9, batch_size=1, start_image=start_image(size=128), clip_vision_output=vision)
+    inputs = Inputs(model)
+    try:
+        trained, _, _ = train(helpers, tiny, model, "hunyuan_video15", 3, positive=positive)
+    finally:
+        inputs.remove()
+    image = model.get_model_object("latent_format").process_in(positive[0][1]["concat_latent_image"])
+    for call in inputs.calls:  # 32 of x, then the start image's 32 and its mask
+        assert call["x"].shape[1] == 65 and torch.allclose(call["x"][:, 32:64], image, atol=1e-5)
+    loaded = load(helpers, "tlora/hunyuan_video15_00001_.safetensors")
+    kwargs = dict(steps=2, scheduler="simple", positive=positive, negative=negative)
+    got = tiny.sample(trained, "hunyuan_video15", **kwargs)
+    assert torch.equal(got, tiny.sample(apply(helpers, model, loaded), "hunyuan_video15", **kwargs))
+
+
 def test_wan22_5b_i2v_latent_keeps_its_start_frame_clean_at_timestep_0_and_out_of_the_loss(tiny, helpers, loras_dir):
     """Wan22ImageToVideoLatent marks the start frame given (noise_mask 0): the model gets it clean
     with timestep 0 there, as ComfyUI's sampler gives it, and learns only the other frames."""
