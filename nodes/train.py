@@ -63,6 +63,11 @@ def check_trainable(model, samples: torch.Tensor) -> None:
         )
 
 
+def _downscale(model) -> int:
+    """Image pixels per latent pixel (ComfyUI 0.3.64's latent formats don't say: 8)."""
+    return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
+
+
 def subject_weights(mask: torch.Tensor | None, latents: torch.Tensor, downscale: int = 8) -> torch.Tensor | None:
     """A MASK (image or latent resolution, one or one per image) as 0/1 weights (M, 1, h, w).
     downscale: image pixels per latent pixel (8 for most VAEs, 16 for FLUX.2's, ...)."""
@@ -379,9 +384,9 @@ class TLoRATrain(io.ComfyNode):
                 f"conditioning for all images, or exactly one per image (in the same order)."
             )
         if model_kinds.kind_of(model, DISPLAY_NAME).video:
-            weights, noise_mask = video.training_inputs(model, latents, positive, mask, DISPLAY_NAME)
+            weights, noise_mask = video.training_inputs(model, latents, positive, mask, _downscale(model), DISPLAY_NAME)
         else:
-            weights, noise_mask = subject_weights(mask, samples, video.downscale(model)), None
+            weights, noise_mask = subject_weights(mask, samples, _downscale(model)), None
         result = train(
             model, samples, positive, settings, config, DTYPES[training_dtype], gradient_checkpointing,
             weights, filename_prefix, None if resume_from == NO_RESUME else resume_from, node_id, noise_mask,

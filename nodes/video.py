@@ -13,11 +13,6 @@ import comfy.utils
 from . import model_kinds
 
 
-def downscale(model) -> int:
-    """Image pixels per latent pixel (ComfyUI 0.3.64's latent formats don't say: 8)."""
-    return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8))
-
-
 def video_frames(latent_frames: int, frame_stride: int) -> int:
     """The frames of video a video VAE encodes into ``latent_frames``: the first alone, then
     ``frame_stride`` per latent frame."""
@@ -66,7 +61,7 @@ _START_IMAGE = {"concat_latent_image": "start image latent (concat_latent_image)
                 "clip_vision_output": "CLIP-vision output of the start image (clip_vision_output)"}
 
 
-def check_start_image(model, samples: torch.Tensor, positive, node: str) -> None:
+def check_start_image(model, samples: torch.Tensor, positive, down: int, node: str) -> None:
     """An image-to-video model's start image comes from the graph (WanImageToVideo,
     HunyuanVideo15ImageToVideo, ...) in the conditioning: there, and made for these latents.
     ComfyUI itself would fail only at the first step on another frame count, and would stretch
@@ -74,7 +69,7 @@ def check_start_image(model, samples: torch.Tensor, positive, node: str) -> None
     kind = model_kinds.kind_of(model, node)
     needed = model_kinds.start_image_inputs(model, node)
     frames, h, w = samples.shape[2], samples.shape[-2], samples.shape[-1]
-    down, stride = downscale(model), kind.frame_stride
+    stride = kind.frame_stride
     for i, entry in enumerate(positive):
         extra = entry[1]
         which = f"conditioning {i + 1}" if len(positive) > 1 else "positive"
@@ -128,12 +123,13 @@ def noise_mask(latents: dict, samples: torch.Tensor, weights: torch.Tensor | Non
     return mask
 
 
-def training_inputs(model, latents: dict, positive, mask: torch.Tensor | None, node: str):
-    """A video model's (subject weights, noise mask) for T-LoRA Train, every input checked."""
+def training_inputs(model, latents: dict, positive, mask: torch.Tensor | None, down: int, node: str):
+    """A video model's (subject weights, noise mask) for T-LoRA Train, every input checked;
+    ``down``: image pixels per latent pixel."""
     samples = latents["samples"]
-    check_start_image(model, samples, positive, node)
+    check_start_image(model, samples, positive, down, node)
     kind = model_kinds.kind_of(model, node)
-    weights = None if mask is None else subject_weights(mask, samples, downscale(model), kind.frame_stride, node)
+    weights = None if mask is None else subject_weights(mask, samples, down, kind.frame_stride, node)
     given = noise_mask(latents, samples, weights, node)
     check_not_empty(samples, given, node)
     return weights, given
