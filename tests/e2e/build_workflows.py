@@ -65,7 +65,7 @@ Out of memory? Set `training_dtype` to bf16.
 TRAIN_SDXL = dict(
     steps=800, learning_rate=1e-4, rank=64, min_rank=32, schedule_power=1.0, variant="T-LoRA", init="last",
     batch_size=1, seed=0, save_every=200, filename_prefix="tlora/sks_dog",
-    resume_from="none", training_dtype="fp32", gradient_checkpointing=True,
+    resume_from="none", training_dtype="fp32", gradient_checkpointing=True, expert="none",
 )
 PROMPTS_A = (
     "a photo of sks dog on a beach at sunset",
@@ -186,7 +186,7 @@ Writes `models/loras/tlora/sks_dog_flux_00001_.safetensors`.
 TRAIN_FLUX = dict(
     steps=500, learning_rate=1e-4, rank=32, min_rank=1, schedule_power=1.0, variant="Vanilla T-LoRA", init="last",
     batch_size=1, seed=0, save_every=100, filename_prefix="tlora/sks_dog_flux",
-    resume_from="none", training_dtype="bf16", gradient_checkpointing=True,
+    resume_from="none", training_dtype="bf16", gradient_checkpointing=True, expert="none",
 )
 PROMPTS_C = ("a photo of sks dog on a beach at sunset", "an oil painting of sks dog wearing a red hat")
 
