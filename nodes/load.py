@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ..tlora_core import LoadedFile, read_tlora, settle_schedule
 from ..tlora_core.reference import hparams_candidates, is_flux_checkpoint_name
+from .model_kinds import describe_range
 from .types import CATEGORY, TLora, node_message
 
 log = logging.getLogger(__name__)
@@ -138,4 +139,8 @@ class TLoRALoad(io.ComfyNode):
                 "%s: %s: min_rank %d, schedule_power %g (%s).",
                 DISPLAY_NAME, lora_name, schedule.min_rank, schedule.schedule_power, schedule.reason,
             )
+        span = loaded.adapter.config.timestep_range
+        if span is not None:  # one expert's T-LoRA: sampling refuses it on the other expert's steps
+            log.info("%s: %s was trained for %s only; connect it to that expert's model.", DISPLAY_NAME, lora_name,
+                     describe_range(span))
         return io.NodeOutput(loaded.adapter)

@@ -56,6 +56,7 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.utils
 
+from ..tlora_core import NUM_TRAIN_TIMESTEPS as NUM_TIMESTEPS
 from ..tlora_core import LoraTarget
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,29 @@ FLUX_RECIPE = Recipe("FLUX.1 reference recipe", "vanilla", 32, 1, "prodigy", 1.0
 FLUX_DISTILLED_RECIPE = replace(FLUX_RECIPE, preview_cfg=1.0)
 
 
+# -- models that come as two experts ----------------------------------------------------------------------
+EXPERTS = ("none", "high-noise", "low-noise")
+
+
+@dataclass(frozen=True)
+class Experts:
+    """A model released as a high-noise and a low-noise expert of one ComfyUI class. Sampling
+    hands over from one to the other at a timestep, and each expert was trained only on its side
+    of it, so a T-LoRA for one expert is trained there too (``expert_range``)."""
+
+    label: str  # what users read, e.g. "Wan 2.2 A14B"
+    boundary: Callable[[dict], int]  # unet_config -> the hand-over timestep t = 1000·σ
+
+
+def _wan22_a14b_boundary(config: dict) -> int:
+    """Wan 2.2's own configs: boundary 0.875 for T2V-A14B, 0.900 for I2V-A14B (whose experts load
+    as WAN21_T2V with 36 input channels: 16 latent + 20 of the start image and its mask)."""
+    return 900 if int(config.get("in_dim", 16)) > int(config.get("out_dim", 16)) else 875
+
+
+WAN22_A14B = Experts("Wan 2.2 A14B", _wan22_a14b_boundary)
+
+
 # -- the table ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelKind:
@@ -180,6 +204,10 @@ class ModelKind:
     video: bool = False  # 5-D (B, C, T, H, W) latents
     note: str = ""
     recipe: Recipe = FLUX_RECIPE
+    # video: frames of video per latent frame after the first (F = frame_stride·(T − 1) + 1), the
+    # VAE's temporal downscale (ComfyUI 0.3.64's latent formats don't state it)
+    frame_stride: int = 1
+    experts: Experts | None = None  # the class also holds the two experts of a two-expert model
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -218,11 +246,15 @@ KINDS: tuple[ModelKind, ...] = (
     # the text-only text_transformer_blocks take no part in denoising the image: left out
     ModelKind("kandinsky5_image", "Kandinsky 5 (image)", ("Kandinsky5Image",),
               ((r"visual_transformer_blocks\.\d+", KANDINSKY_CROSS),)),
-    ModelKind("wan21", "Wan 2.1 / Wan 2.2 A14B", ("WAN21_T2V",), ((r"blocks\.\d+", WAN_CROSS),), video=True),
-    ModelKind("wan21_i2v", "Wan 2.1 i2v", ("WAN21_I2V",), ((r"blocks\.\d+", WAN_CROSS),), video=True),
-    ModelKind("wan22_5b", "Wan 2.2 TI2V 5B", ("WAN22_T2V",), ((r"blocks\.\d+", WAN_CROSS),), video=True),
-    ModelKind("hunyuan_video15", "HunyuanVideo 1.5", ("HunyuanVideo15",), _FLUX_BLOCKS, inplace=True, video=True),
-    ModelKind("ltxv", "LTX-Video", ("LTXV",), ((r"transformer_blocks\.\d+", LTX_CROSS),), inplace=True, video=True),
+    # Wan 2.2 A14B's experts (T2V and I2V) load as WAN21_T2V: one family, told apart by their timesteps
+    ModelKind("wan21", "Wan 2.1 / Wan 2.2 A14B", ("WAN21_T2V",), ((r"blocks\.\d+", WAN_CROSS),), video=True,
+              frame_stride=4, experts=WAN22_A14B),
+    ModelKind("wan21_i2v", "Wan 2.1 i2v", ("WAN21_I2V",), ((r"blocks\.\d+", WAN_CROSS),), video=True, frame_stride=4),
+    ModelKind("wan22_5b", "Wan 2.2 TI2V 5B", ("WAN22_T2V",), ((r"blocks\.\d+", WAN_CROSS),), video=True, frame_stride=4),
+    ModelKind("hunyuan_video15", "HunyuanVideo 1.5", ("HunyuanVideo15",), _FLUX_BLOCKS, inplace=True, video=True,
+              frame_stride=4),
+    ModelKind("ltxv", "LTX-Video", ("LTXV",), ((r"transformer_blocks\.\d+", LTX_CROSS),), inplace=True, video=True,
+              frame_stride=8),
 )
 _BY_CLASS = {name: kind for kind in KINDS for name in kind.classes}
 _BY_FAMILY = {kind.family: kind for kind in KINDS}
@@ -257,6 +289,47 @@ def kind_of(model: comfy.model_patcher.ModelPatcher, node: str) -> ModelKind:
         )
     base._tlora_kind = (name, kind)
     return kind
+
+
+def expert_range(model: comfy.model_patcher.ModelPatcher, expert: str, node: str) -> tuple[int, int] | None:
+    """The [first, end) timesteps one expert of a two-expert model sees; None for "none"."""
+    if expert not in EXPERTS:
+        raise ValueError(f"{node}: expert {expert!r} is not one of {', '.join(map(repr, EXPERTS))}.")
+    if expert == "none":
+        return None
+    kind = kind_of(model, node)
+    if kind.experts is None:
+        two = ", ".join(dict.fromkeys(k.experts.label for k in KINDS if k.experts is not None))
+        raise ValueError(
+            f"{node}: expert is '{expert}', but {kind.label} is one model, not a pair of experts (only {two} "
+            f"is). Set expert to none."
+        )
+    boundary = kind.experts.boundary(dict(model.model.model_config.unet_config))
+    return (boundary, NUM_TIMESTEPS) if expert == "high-noise" else (0, boundary)
+
+
+def describe_range(span: tuple[int, int] | None) -> str:
+    """A timestep range as users read it: whose timesteps these are, and which."""
+    if span is None:
+        return "every timestep"
+    first, end = span
+    whose = "the high-noise expert: " if end == NUM_TIMESTEPS else "the low-noise expert: " if first == 0 else ""
+    return f"{whose}t {first}-{end - 1} (sigma {first / NUM_TIMESTEPS:.3f}-{end / NUM_TIMESTEPS:.3f})"
+
+
+def start_image_inputs(model: comfy.model_patcher.ModelPatcher, node: str) -> tuple[str, tuple[str, ...]] | None:
+    """What an image-to-video model can't be trained without, and the node that gives it:
+    (node id, conditioning keys). Wan 2.1 i2v reads the start image's latent and its CLIP-vision
+    tokens; Wan 2.2 A14B I2V's experts (WAN21_T2V with more input than output channels) the
+    latent. Others take their start image optionally (HunyuanVideo 1.5: zeros for t2v) or
+    through the latent's noise mask (Wan 2.2 TI2V 5B, LTX-Video)."""
+    kind = kind_of(model, node)
+    config = model.model.model_config.unet_config
+    if kind.family == "wan21_i2v":
+        return "WanImageToVideo", ("concat_latent_image", "clip_vision_output")
+    if kind.family == "wan21" and int(config.get("in_dim", 16)) > int(config.get("out_dim", 16)):
+        return "WanImageToVideo", ("concat_latent_image",)
+    return None
 
 
 def is_linear(module: torch.nn.Module) -> bool:

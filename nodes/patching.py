@@ -55,7 +55,7 @@ import comfy.utils
 
 from ..tlora_core import TLoRA
 from ..tlora_core.functional import scaled_lora
-from .model_kinds import Target, check_sampling, family_name, find_targets, kind_of, sigma_to_timestep
+from .model_kinds import Target, check_sampling, describe_range, family_name, find_targets, kind_of, sigma_to_timestep
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,51 @@ class Applied:
     adapter: TLoRA
     strength: float
     targets: dict[str, Target]
+    node: str = ""  # the node that attached it, for errors raised while sampling
+
+
+# Least share of a sampling run's timesteps that must lie in the range an expert's T-LoRA was
+# trained on. ComfyUI's Wan 2.2 A14B templates hand over at sigma 0.833 (shift 5, half the steps),
+# Wan's own configs at 0.875 / 0.900: the right expert's run lies 75-100 % inside its T-LoRA's range,
+# the other expert's 0-25 %.
+RANGE_SHARE = 0.5
+
+
+def check_run_range(stack: "TLoRAStack", model_sampling: Any, sigmas: torch.Tensor) -> None:
+    """Refuse, before the first model call, a sampling run whose sigmas lie mostly outside the
+    timesteps an attached T-LoRA was trained on: the T-LoRA of the other expert of a two-expert
+    model (both experts are the same ComfyUI class, only their timesteps tell them apart)."""
+    if stack.training or sigmas.numel() == 0:
+        return
+    t = sigma_to_timestep(model_sampling, sigmas.detach().reshape(-1).to("cpu", torch.float64))
+    low, high = float(t.min()), float(t.max())
+    for item in stack.applied:
+        span = item.adapter.config.timestep_range
+        if span is None:
+            continue
+        first, end = span
+        overlap = max(0.0, min(high, end) - max(low, first))
+        share = overlap / (high - low) if high > low else float(first <= high <= end)
+        if share < RANGE_SHARE:
+            node = item.node or "Timestep-Aware Apply"
+            raise ValueError(
+                f"{node}: this T-LoRA was trained on {describe_range(span)}, but this sampler runs from sigma "
+                f"{float(sigmas.max()):.3f} to {float(sigmas.min()):.3f} (t {high:.0f} down to {low:.0f}), {1 - share:.0%} "
+                f"of it outside that range: the T-LoRA of the other expert, or an expert sampling far beyond its "
+                f"own steps. Connect the T-LoRA trained for this expert (T-LoRA Train's 'expert' input), and hand "
+                f"over between the experts near sigma {(span[0] or span[1]) / 1000:.3f} (KSamplerAdvanced "
+                f"start_at_step / end_at_step)."
+            )
+
+
+def _outer_sample_wrapper(stack: "TLoRAStack") -> Callable[..., Any]:
+    def wrapper(executor: Any, noise: torch.Tensor, latent_image: torch.Tensor, sampler: Any, sigmas: torch.Tensor,
+                *args: Any, **kwargs: Any) -> Any:
+        guider = executor.class_obj
+        check_run_range(stack, guider.model_patcher.get_model_object("model_sampling"), sigmas)
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+    return wrapper
 
 
 class TLoRAStack:
@@ -348,7 +393,7 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
     """
     targets = check_compatible(adapter, model, node)
     previous = get_stack(model)
-    item = Applied(adapter, float(strength), targets)
+    item = Applied(adapter, float(strength), targets, node)
     stack = previous.extended(item) if previous is not None else TLoRAStack((item,))
 
     slots: dict[str, list[tuple[int, str, tuple[int, int] | None]]] = {}
@@ -364,6 +409,9 @@ def attach(model: comfy.model_patcher.ModelPatcher, adapter: TLoRA, strength: fl
 
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper(stack))
+    if any(item.adapter.config.timestep_range is not None for item in stack.applied):
+        model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, _outer_sample_wrapper(stack))
     for event, callback in ((comfy.patcher_extension.CallbacksMP.ON_CLEANUP, stack.release_run),
                             (comfy.patcher_extension.CallbacksMP.ON_DETACH, stack.release)):
         model.remove_callbacks_with_key(event, KEY)

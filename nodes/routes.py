@@ -2,7 +2,7 @@
 
     GET /tlora/info?name=<file in models/loras>   (also /api/tlora/info)
     -> {"name", "source", "variant", "rank", "min_rank", "schedule_power", "model_family",
-        "training_steps", "needs_schedule", "schedule_source", "schedule_reason"}
+        "training_steps", "needs_schedule", "schedule_source", "schedule_reason", "timestep_range"}
 
 Reads only the file's header (safetensors metadata and tensor shapes; a FLUX lora.pt
 memory-mapped, never its tensor data): the Timestep-Aware Apply plot needs rank, min_rank and
@@ -53,6 +53,8 @@ def file_info(path: str, name: str) -> dict:
         "needs_schedule": needs_schedule,
         "schedule_source": schedule.source,
         "schedule_reason": schedule.reason,
+        # [first, end) for one expert of a two-expert model (Wan 2.2 A14B); null: every timestep
+        "timestep_range": list(summary.timestep_range) if summary.timestep_range else None,
     }
 
 

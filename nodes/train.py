@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,7 +27,7 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..tlora_core import VARIANT_LABELS, TLoRA, TLoRAConfig, read_tlora, save_tlora
 from ..tlora_core.trainer import Batch, Checkpoint, NoGradient, Trainer, TrainingDiverged, TrainResult, TrainSettings, recipe_from
-from . import compat, dataset, model_kinds, patching, previews, training_patches
+from . import compat, dataset, model_kinds, patching, previews, training_patches, video
 from . import recipe as recipes  # 'recipe' is also an input's name
 from .load import tlora_files
 from .routes import prompt_server
@@ -53,6 +53,11 @@ def check_trainable(model, samples: torch.Tensor) -> None:
     latent_format = model.get_model_object("latent_format")
     channels = latent_format.latent_channels
     dims = 2 + getattr(latent_format, "latent_dimensions", 2)  # (B, C, H, W) or (B, C, T, H, W)
+    if samples.dim() == 5 and not kind.video and (dims == 4 or samples.shape[2] != 1):
+        raise ValueError(
+            f"{DISPLAY_NAME}: the latents are a video ({samples.shape[2]} frames, shape {tuple(samples.shape)}), but "
+            f"{kind.label} makes images. Encode images with this model's VAE (VAE Encode), or train a video model."
+        )
     if samples.dim() not in (4, dims) or samples.shape[1] != channels:
         got = f"{samples.shape[1]} channels" if samples.dim() in (4, 5) else f"shape {tuple(samples.shape)}"
         raise ValueError(
@@ -242,16 +247,18 @@ class _TrainSampler(comfy.samplers.Sampler):
                 noise_b = batch.stacked_noise(rows).to(device, x0.dtype)
                 sigma = sigma_all[rows].to(x0.dtype)
                 x_t = sampling.noise_scaling(sigma, noise_b, x0)
+                # a video latent's noise mask (one for all samples): its given frames as the sampler keeps them
+                given = None if denoise_mask is None else denoise_mask[:1].expand(len(rows), *denoise_mask.shape[1:])
+                x_t = video.as_sampled(base, x_t, sigma, noise_b, x0, given)
                 target = model_kinds.training_target(sampling, sigma, noise_b, x0, DISPLAY_NAME)
                 comfy.samplers.calc_cond_batch(base, [[conds[caption]]], x_t, sigma, model_options)
                 error = (self.capture.take().float() - target) ** 2
-                if weights is None:
+                w = None if weights is None else torch.stack([weights[idx[r]] for r in rows])
+                w = video.loss_weights(w, given, error.dim())
+                if w is None:
                     loss = error.mean()
                 else:
-                    w = torch.stack([weights[idx[r]] for r in rows])
-                    if error.dim() == 5:
-                        w = w.unsqueeze(2)  # one mask for every frame
-                    loss = (error * w).sum() / (w.sum() * error.shape[1])
+                    loss = (error * w).sum() / w.expand_as(error).sum()
                 share = len(rows) / len(idx)
                 # backward per group: checkpointed blocks recompute with this group's masks
                 (loss * share).backward()
@@ -281,11 +288,13 @@ class TLoRATrain(io.ComfyNode):
             # datasets arrive as lists (ComfyUI 0.33's dataset nodes); a plain LATENT batch is a list of one
             is_input_list=True,
             inputs=[
-                io.Model.Input("model", tooltip="The model to teach (SD1.5, SD2, SDXL, FLUX.1, ...). It is not changed."),
+                io.Model.Input(
+                    "model", tooltip="The model to teach (SD, SDXL, FLUX and the other image and video families in the README). It is not changed.",
+                ),
                 io.Latent.Input(
                     "latents",
-                    tooltip="The training image(s), VAE-encoded (VAE Encode), or a dataset's latents (Make Training "
-                            "Dataset, Resolution Bucket). One is enough; different sizes are trained at their size.",
+                    tooltip="The training image(s) or a short clip, VAE-encoded (VAE Encode), or a dataset's latents (Make "
+                            "Training Dataset, Resolution Bucket). One image is enough; different sizes are trained at their size.",
                 ),
                 io.Conditioning.Input(
                     "positive",
@@ -342,7 +351,10 @@ class TLoRATrain(io.ComfyNode):
                 ),
                 io.Mask.Input(
                     "mask", optional=True,
-                    tooltip="Optional subject mask: the loss only looks at the white part (recommended for people).",
+                    tooltip=(
+                        "Optional subject mask: the loss only looks at the white part (recommended for people). "
+                        "Video: one mask for all frames, or one per frame (latent or video frames)."
+                    ),
                 ),
                 io.Conditioning.Input(
                     "preview_prompts", optional=True,
@@ -387,6 +399,16 @@ class TLoRATrain(io.ComfyNode):
                     tooltip="With recipe 'custom': AdamW (the SD-XL reference; learning_rate ~1e-4) or Prodigy (the FLUX "
                             "reference; learning_rate ~1.0, it finds its own step size).",
                 ),
+                io.Combo.Input(
+                    "expert", options=list(model_kinds.EXPERTS), default="none", optional=True,
+                    tooltip=(
+                        "Wan 2.2 A14B comes as a high-noise and a low-noise expert, each sampling only its own "
+                        "timesteps: say which one MODEL is and train one T-LoRA per expert (the files end in "
+                        "_high_noise / _low_noise). Each trains on its expert's timesteps only (split at t 875, I2V "
+                        "900), so the high-noise T-LoRA runs at ranks r_min to about r_min + (rank - min_rank)/8 "
+                        "(32-36 for 64/32). none: every other model."
+                    ),
+                ),
             ],
             outputs=[
                 # no id: "model" is already an input id, and V3 wants ids unique across inputs and outputs
@@ -408,7 +430,7 @@ class TLoRATrain(io.ComfyNode):
         batch_size, seed, save_every, filename_prefix, resume_from, training_dtype, gradient_checkpointing, mask=None,
         preview_prompts=None, preview_vae=None, preview_every=None, preview_steps=None, preview_cfg=None,
         preview_sampler=None, preview_scheduler=None, preview_seed=None, preview_negative=None, recipe=None,
-        optimizer=None,
+        optimizer=None, expert=None,
     ) -> io.NodeOutput:
         # every input comes as a list (is_input_list): data inputs are the dataset, the rest one value each
         (model, steps, learning_rate, rank, min_rank, schedule_power, variant, init, batch_size, seed, save_every,
@@ -422,27 +444,35 @@ class TLoRATrain(io.ComfyNode):
             run_recipe = recipes.resolve(
                 model, _one(recipe), VARIANTS[variant], rank, min_rank, learning_rate, _one(optimizer), DISPLAY_NAME
             )
-            settings = run_recipe.settings(steps, batch_size, seed, save_every)
+            expert = "none" if _one(expert) is None else _one(expert)
+            span = model_kinds.expert_range(model, expert, DISPLAY_NAME)
+            settings = replace(run_recipe.settings(steps, batch_size, seed, save_every), timestep_range=span)
             family = model_kinds.kind_of(model, DISPLAY_NAME).family
             config = TLoRAConfig(
                 variant=run_recipe.variant, rank=run_recipe.rank, min_rank=run_recipe.min_rank,
-                schedule_power=schedule_power, init=init, model_family=family,
+                schedule_power=schedule_power, init=init, model_family=family, timestep_range=span,
             )
         except ValueError as err:
             raise ValueError(node_message(DISPLAY_NAME, err)) from err
+        filename_prefix = video.expert_prefix(filename_prefix, expert, span)
         if training_dtype not in DTYPES:
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
-        data = dataset.build(
-            model, latents, positive, mask, DISPLAY_NAME, check_trainable,
-            lambda m, samples: subject_weights(m, samples, _downscale(model)),
-        )
+        kind = model_kinds.kind_of(model, DISPLAY_NAME)
+        if kind.video:
+            def weights_of(m, samples):
+                return video.subject_weights(m, samples, _downscale(model), kind.frame_stride, DISPLAY_NAME)
+        else:
+            def weights_of(m, samples):
+                return subject_weights(m, samples, _downscale(model))
+        data = dataset.build(model, latents, positive, mask, DISPLAY_NAME, check_trainable, weights_of)
+        noise_mask = video.check_clips(model, latents, positive, data, _downscale(model), DISPLAY_NAME) if kind.video else None
         preview = _preview_settings(
             model, data, preview_prompts, preview_vae, preview_every, preview_steps, preview_cfg, preview_sampler,
             preview_scheduler, preview_seed, preview_negative,
         )
         result = train(
             model, data, settings, config, DTYPES[training_dtype], gradient_checkpointing, filename_prefix,
-            None if resume_from == NO_RESUME else resume_from, node_id, run_recipe, preview,
+            None if resume_from == NO_RESUME else resume_from, node_id, run_recipe, preview, noise_mask,
         )
         return io.NodeOutput(
             result.model, result.adapter, {"loss": result.losses}, result.previews,
@@ -518,6 +548,11 @@ def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.
         names = {key: label for label, key in recipes.OPTIMIZER_LABELS.items()}
         differences.append(f"optimizer {names[trained_with]} (this node: {names[optimizer]}; set recipe 'custom' and "
                            f"optimizer {names[trained_with]})")
+    if got.timestep_range != config.timestep_range:  # the other expert's T-LoRA, or a whole-model one
+        differences.append(
+            f"timesteps {model_kinds.describe_range(got.timestep_range)} (this node: "
+            f"{model_kinds.describe_range(config.timestep_range)}; set 'expert' to match)"
+        )
     if not differences and loaded.adapter.shapes() != model_kinds.layer_shapes(targets):
         differences.append("its layers (another architecture)")
     if differences:
@@ -547,6 +582,7 @@ def train(
     model, data: dataset.Dataset, settings: TrainSettings, config: TLoRAConfig, dtype: torch.dtype,
     gradient_checkpointing: bool, filename_prefix: str, resume_from: str | None, node_id: str | None = None,
     run_recipe: recipes.RunRecipe | None = None, preview: previews.PreviewSettings | None = None,
+    noise_mask: torch.Tensor | None = None,
 ) -> TrainOutput:
     """Train on ``data`` with ``settings`` (from ``run_recipe``; None: the settings as given, the
     conditioning's own guidance), sampling previews between parts of the run if asked."""
@@ -616,7 +652,8 @@ def train(
                 comfy.model_management.load_models_gpu([train_model], memory_required=1e20, force_full_load=True)
                 training_patches.make_weights_autograd_safe(train_model)
                 with compat.differentiable_kernels():
-                    guider.sample(torch.zeros_like(dummy), dummy, sampler, torch.ones(1), seed=settings.seed)
+                    guider.sample(torch.zeros_like(dummy), dummy, sampler, torch.ones(1), denoise_mask=noise_mask,
+                                 seed=settings.seed)
                 result = sampler.result
                 if result.cancelled:
                     break

@@ -50,6 +50,7 @@ class FileSummary:
     schedule_power: float | None
     model_family: str
     training_steps: int
+    timestep_range: tuple[int, int] | None = None  # trained on [first, end) only (one expert); None: all
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ class TLoRAConfig:
     rank / min_rank / schedule_power: the rank schedule (SPEC §2).
     init: which singular components seed the Ortho factors ("last", "principal", "middle").
     model_family: the model family the layers belong to ("sd15", "sdxl", "flux", ...).
+    timestep_range: [first, end) of the timesteps the adapter was trained on, when that is not
+        all of [0, num_timesteps): one expert of a model that comes as a high-noise and a
+        low-noise expert (Wan 2.2 A14B) only ever sees its own range. None: every timestep.
+        The rank schedule r(t) stays the global one; the range only says where it was trained.
     """
 
     variant: str = "tlora"
@@ -40,6 +44,7 @@ class TLoRAConfig:
     init: str = "last"
     model_family: str = ""
     num_timesteps: int = NUM_TRAIN_TIMESTEPS
+    timestep_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -50,10 +55,28 @@ class TLoRAConfig:
             raise ValueError(f"T-LoRA: unknown init {self.init!r}. Use one of {', '.join(map(repr, INITS))}.")
         object.__setattr__(self, "schedule_power", float(self.schedule_power))
         self.schedule  # validates rank, min_rank, schedule_power
+        object.__setattr__(self, "timestep_range", check_timestep_range(self.timestep_range, self.num_timesteps))
 
     @property
     def schedule(self) -> RankSchedule:
         return RankSchedule(self.rank, self.min_rank, self.schedule_power, self.num_timesteps)
+
+
+def check_timestep_range(span: object, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> tuple[int, int] | None:
+    """A [first, end) range of whole timesteps inside [0, num_timesteps), or None for all of them
+    (the full range is normalised to None, so that equal ranges compare equal)."""
+    if span is None:
+        return None
+    try:
+        first, end = (int(v) for v in span)  # type: ignore[union-attr]
+        whole = all(float(v) == int(v) for v in span)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"T-LoRA: timestep_range ({span!r}) must be two whole numbers [first, end).") from err
+    if not whole or not 0 <= first < end <= num_timesteps:
+        raise ValueError(
+            f"T-LoRA: timestep_range ({span!r}) must be whole timesteps with 0 <= first < end <= {num_timesteps}."
+        )
+    return None if (first, end) == (0, num_timesteps) else (first, end)
 
 
 class TLoRALayer(nn.Module):
@@ -258,7 +281,8 @@ class TLoRA(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
+        span = "" if c.timestep_range is None else f", timesteps={c.timestep_range[0]}..{c.timestep_range[1] - 1}"
         return (
             f"{VARIANT_LABELS[c.variant]}, rank={c.rank}, min_rank={c.min_rank}, "
-            f"schedule_power={c.schedule_power}, family={c.model_family or '?'}, layers={len(self.names)}"
+            f"schedule_power={c.schedule_power}, family={c.model_family or '?'}{span}, layers={len(self.names)}"
         )

@@ -10,7 +10,8 @@ Our format (``format = "tlora-nodes"`` in the safetensors metadata):
              ``<layer>.q`` ``.p`` ``.lam`` ``.q0`` ``.p0`` ``.lam0``       (T-LoRA / Ortho)
              ``training.*``  optimizer and RNG state, checkpoints only
     metadata variant, rank, min_rank, schedule_power, init, model_family, num_timesteps,
-             training_steps, layers (JSON [[name, in, out], ...]), storage_dtype, format_version
+             timestep_range ("first,end": the timesteps it was trained on; absent in older files:
+             all), training_steps, layers (JSON [[name, in, out], ...]), storage_dtype, format_version
 Layer names are diffusers module paths (what the reference uses and ComfyUI maps).
 
 Reference files (SPEC §6) carry no schedule: ``reference.file_schedule`` settles it.
@@ -39,8 +40,9 @@ from ._files import (
     check_finite,
 )
 from ._files import storage_dtype as _storage_dtype_of
-from .adapter import INITS, TLoRA, TLoRAConfig, TLoRALayer
+from .adapter import INITS, TLoRA, TLoRAConfig, TLoRALayer, check_timestep_range
 from .export import KEY_STYLES, LoraTarget, export_lora, lora_key, save_lora
+from .schedule import NUM_TRAIN_TIMESTEPS
 
 FORMAT_NAME = "tlora-nodes"
 FORMAT_VERSION = 1
@@ -88,6 +90,7 @@ def summarize_tlora(path: str) -> FileSummary:
             _meta_float(metadata, "schedule_power", path, 1.0),
             metadata.get("model_family", ""),
             _meta_int(metadata, "training_steps", path, 0),
+            _meta_range(metadata, path),
         )
     variant = "tlora" if ranks["tlora"] else "vanilla"
     if not ranks[variant]:
@@ -202,6 +205,18 @@ def _meta_float(metadata: Mapping[str, str], key: str, path: str, default: float
         raise _damaged_metadata(path, f"a bad '{key}' ({metadata.get(key)!r})") from err
 
 
+def _meta_range(metadata: Mapping[str, str], path: str) -> tuple[int, int] | None:
+    """The stored "first,end" timestep range; files written before ranges existed: all."""
+    value = metadata.get("timestep_range")
+    if value in (None, ""):
+        return None
+    try:
+        first, end = (int(part) for part in value.split(","))  # type: ignore[union-attr]
+        return check_timestep_range((first, end), _meta_int(metadata, "num_timesteps", path, NUM_TRAIN_TIMESTEPS))
+    except ValueError as err:
+        raise _damaged_metadata(path, f"a bad 'timestep_range' ({value!r})") from err
+
+
 def _layer_specs(metadata: Mapping[str, str], path: str) -> list[tuple[str, int, int]]:
     """The stored layer list: [[name, in_features, out_features], ...]."""
     try:
@@ -230,6 +245,7 @@ def _from_ours(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, 
             init=metadata.get("init", "last"),
             model_family=metadata.get("model_family", ""),
             num_timesteps=_meta_int(metadata, "num_timesteps", path),
+            timestep_range=_meta_range(metadata, path),
         )
         layers = {
             layer_name: TLoRALayer(fan_in, fan_out, min(rank, fan_in, fan_out), config.variant)
@@ -294,6 +310,7 @@ def tlora_metadata(adapter: TLoRA, storage_dtype: str) -> dict[str, str]:
         "init": c.init,
         "model_family": c.model_family,
         "num_timesteps": str(c.num_timesteps),
+        "timestep_range": "{},{}".format(*(c.timestep_range or (0, c.num_timesteps))),
         "training_steps": str(adapter.training_steps),
         "layers": json.dumps([[n, layer.in_features, layer.out_features] for n, layer in adapter.items()]),
         "storage_dtype": storage_dtype,

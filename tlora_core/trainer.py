@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from .adapter import TLoRA
+from .adapter import TLoRA, check_timestep_range
 from .schedule import NUM_TRAIN_TIMESTEPS
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ class TrainSettings:
     max_grad_norm: clip the adapter's gradient norm to this (the reference FLUX code: 1.0); None: no
         clipping (the reference SD-XL code).
     first_timestep: timesteps are drawn uniformly from [first_timestep, first_timestep + num_timesteps):
-        0 gives the DDPM indices 0..999, 1 gives the flow-matching scheduler's 1..1000 (SPEC §5)."""
+        0 gives the DDPM indices 0..999, 1 gives the flow-matching scheduler's 1..1000 (SPEC §5).
+    timestep_range: draw timesteps from [first, end) instead (one expert of a two-expert model, as
+        given: first_timestep does not shift it); None: all of them."""
 
     steps: int = 800
     learning_rate: float = 1e-4
@@ -58,8 +60,10 @@ class TrainSettings:
     optimizer: str = "adamw"
     max_grad_norm: float | None = None
     first_timestep: int = 0
+    timestep_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "timestep_range", check_timestep_range(self.timestep_range, self.num_timesteps))
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"T-LoRA: steps ({self.steps!r}) must be >= 1. The paper trains 800 steps.")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -289,7 +293,9 @@ class Trainer:
         s = self.settings
         g = self.generator
         indices = torch.randint(0, self.num_samples, (s.batch_size,), generator=g)
-        timesteps = torch.randint(s.first_timestep, s.first_timestep + s.num_timesteps, (s.batch_size,), generator=g)
+        first, end = s.timestep_range or (s.first_timestep, s.first_timestep + s.num_timesteps)
+        # one draw per row whatever the range: a sub-range consumes the generator like the full one
+        timesteps = torch.randint(first, end, (s.batch_size,), generator=g)
         shapes = [self.sample_shapes[int(i)] for i in indices]
         noise: list[torch.Tensor | None] = [None] * len(shapes)
         for shape in dict.fromkeys(shapes):

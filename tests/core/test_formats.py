@@ -54,6 +54,27 @@ def test_save_load_round_trip_is_bit_exact_with_metadata(tmp_path, variant):
     assert json.loads(meta["layers"]) == [[n, i, o] for n, (i, o) in SHAPES.items()]
 
 
+def test_the_timestep_range_of_an_expert_round_trips_and_older_files_mean_every_timestep(tmp_path):
+    from tlora_nodes.tlora_core import summarize_tlora
+
+    high = make().with_config(timestep_range=(875, 1000))
+    path = str(tmp_path / "high.safetensors")
+    save_tlora(path, high)
+    loaded = load_tlora(path)
+    assert loaded.adapter.config.timestep_range == (875, 1000) and loaded.adapter.config == high.config
+    assert loaded.metadata["timestep_range"] == "875,1000"
+    assert summarize_tlora(path).timestep_range == (875, 1000)
+    whole = str(tmp_path / "whole.safetensors")
+    save_tlora(whole, make())
+    assert load_tlora(whole).metadata["timestep_range"] == "0,1000"
+    assert load_tlora(whole).adapter.config.timestep_range is None
+    tensors, metadata = formats._read(whole)
+    del metadata["timestep_range"]  # as files written before ranges existed
+    save_file(tensors, whole, metadata=metadata)
+    assert "timestep_range" not in load_tlora(whole).metadata
+    assert load_tlora(whole).adapter.config.timestep_range is None and summarize_tlora(whole).timestep_range is None
+
+
 @pytest.mark.parametrize("storage", ["fp16", "bf16"])
 def test_half_storage_round_trips_to_the_rounded_values(tmp_path, storage):
     adapter = make()
@@ -246,6 +267,8 @@ def test_bad_metadata_value_is_explained(tmp_path):
         ({"training_steps": "abc"}, "a missing or bad 'training_steps' \\('abc'\\)"),
         ({"schedule_power": "fast"}, "a bad 'schedule_power' \\('fast'\\)"),
         ({"rank": "sixty-four"}, "a missing or bad 'rank'"),
+        ({"timestep_range": "875"}, "a bad 'timestep_range' \\('875'\\)"),
+        ({"timestep_range": "900,875"}, "a bad 'timestep_range' \\('900,875'\\)"),
     ],
 )
 def test_damaged_metadata_is_named_when_loading_and_summarising(tmp_path, metadata, fragment):

@@ -86,6 +86,32 @@ def test_draws_cover_the_timestep_range():
     assert batch.stacked_noise().shape == (500, 16)
 
 
+def test_a_timestep_range_draws_only_inside_it_and_consumes_the_generator_like_the_full_range():
+    """One expert of a two-expert model trains on its own timesteps only; everything else a
+    seed draws (samples, noise, later steps) stays what the full range draws."""
+    adapter, compute = toy()
+    full = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4), 3, (16,), compute)
+    high = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4, timestep_range=(875, 1000)), 3, (16,), compute)
+    low = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4, timestep_range=(0, 875)), 3, (16,), compute)
+    a, b, c = full.draw(), high.draw(), low.draw()
+    assert b.timesteps.min() == 875 and b.timesteps.max() == 999  # 500 draws over 125 values reach both ends
+    assert 0 <= c.timesteps.min() < 20 and 855 < c.timesteps.max() <= 874
+    for x in (b, c):
+        assert torch.equal(x.indices, a.indices) and torch.equal(x.noise, a.noise)
+    assert torch.equal(high.generator.get_state(), full.generator.get_state())
+
+
+def test_the_full_timestep_range_is_the_default_and_draws_exactly_what_it_always_drew():
+    adapter, compute = toy()
+    explicit = TrainSettings(steps=1, batch_size=7, seed=2, timestep_range=(0, 1000))
+    assert explicit.timestep_range is None and explicit == TrainSettings(steps=1, batch_size=7, seed=2)
+    g = torch.Generator().manual_seed(2)  # the draw order of every run so far: samples, timesteps, noise
+    indices, timesteps = torch.randint(0, 3, (7,), generator=g), torch.randint(0, 1000, (7,), generator=g)
+    batch = Trainer(adapter, explicit, 3, (16,), compute).draw()
+    assert torch.equal(batch.indices, indices) and torch.equal(batch.timesteps, timesteps)
+    assert torch.equal(batch.noise, torch.randn((7, 16), generator=g))
+
+
 @pytest.mark.parametrize("variant", ["vanilla", "tlora"])
 def test_resume_from_a_checkpoint_file_reproduces_the_uninterrupted_run(tmp_path, variant):
     full, full_trainer, _ = train(12, variant=variant)
@@ -280,6 +306,10 @@ def test_no_gradient_reaching_the_adapter_is_named_not_called_divergence():
         (dict(optimizer="sgd"), "optimizer 'sgd' is not one of adamw, prodigy"),
         (dict(max_grad_norm=0.0), "max_grad_norm (0.0) must be > 0"),
         (dict(first_timestep=2), "first_timestep (2) must be 0"),
+        (dict(timestep_range=(875, 875)), "timestep_range ((875, 875)) must be whole timesteps with 0 <= first < end <= 1000"),
+        (dict(timestep_range=(900, 1001)), "0 <= first < end <= 1000"),
+        (dict(timestep_range=(0.5, 10)), "must be whole timesteps"),
+        (dict(timestep_range=(1,)), "must be two whole numbers"),
     ],
 )
 def test_settings_reject_bad_values(kwargs, fragment):

@@ -67,7 +67,7 @@ TRAIN_SDXL = dict(
     batch_size=1, seed=0, save_every=200, filename_prefix="tlora/sks_dog",
     resume_from="none", training_dtype="fp32", gradient_checkpointing=True,
     # the node's values, as this workflow was made with
-    recipe="custom",
+    recipe="custom", expert="none",
 )
 PROMPTS_A = (
     "a photo of sks dog on a beach at sunset",
@@ -190,7 +190,7 @@ TRAIN_FLUX = dict(
     batch_size=1, seed=0, save_every=100, filename_prefix="tlora/sks_dog_flux",
     resume_from="none", training_dtype="bf16", gradient_checkpointing=True,
     # the node's values, as this workflow was made with (family reference would switch FLUX to Prodigy)
-    recipe="custom",
+    recipe="custom", expert="none",
 )
 PROMPTS_C = ("a photo of sks dog on a beach at sunset", "an oil painting of sks dog wearing a red hat")
 

@@ -25,7 +25,7 @@ def test_info_of_a_tlora_nodes_file_comes_from_its_metadata(comfy, sdxl_adapter)
         assert body == {
             "name": sdxl_adapter, "source": "tlora-nodes", "variant": "tlora", "rank": 64, "min_rank": 32,
             "schedule_power": 1.0, "model_family": "sdxl", "training_steps": 0, "needs_schedule": False,
-            "schedule_source": "file", "schedule_reason": "stored in the file",
+            "schedule_source": "file", "schedule_reason": "stored in the file", "timestep_range": None,
         }
 
 

@@ -256,14 +256,20 @@ CONTEXT = {"sd15": 768, "sd2": 1024, "sdxl": 2048, "flux": 64, "sd3": 64, "auraf
            "wan21_i2v": 64, "wan22_5b": 64, "hunyuan_video15": 64, "ltxv": 48}
 
 
-def _extra(kind: str, g: torch.Generator, batch: int, tokens: int, scale: float) -> dict:
+def latent_shape(kind: str, frames: int | None = None) -> tuple[int, ...]:
+    """The family's latent shape without batch; ``frames``: another number of latent frames (video)."""
+    shape = LATENT[kind]
+    return shape if frames is None else (shape[0], frames, *shape[2:])
+
+
+def _extra(kind: str, g: torch.Generator, batch: int, tokens: int, scale: float, frames: int | None = None) -> dict:
     """What a family's conditioning carries beside the text context (what its text encoder and
     conditioning nodes add)."""
     def rnd(*shape):
         return torch.randn(*shape, generator=g) * scale
 
     ones = torch.ones(batch, tokens, dtype=torch.long)
-    frames = LATENT[kind][1] if kind in VIDEO_FAMILIES else 1
+    frames = frames or (LATENT[kind][1] if kind in VIDEO_FAMILIES else 1)
     if kind == "sdxl":
         return {"pooled_output": rnd(batch, 1280), "width": 64, "height": 64}
     if kind == "flux":
@@ -295,14 +301,15 @@ def _extra(kind: str, g: torch.Generator, batch: int, tokens: int, scale: float)
     return {}
 
 
-def conditioning(kind: str, seed: int = 0, batch: int = 1, tokens: int = 6):
-    """A positive and a negative CONDITIONING for the model kind (random embeddings)."""
+def conditioning(kind: str, seed: int = 0, batch: int = 1, tokens: int = 6, frames: int | None = None):
+    """A positive and a negative CONDITIONING for the model kind (random embeddings); ``frames``:
+    the latent frames a video family's start image is made for (default: LATENT's)."""
     g = torch.Generator().manual_seed(1000 + seed)
     width = CONTEXT[kind]
 
     def one(scale: float):
         context = torch.randn(batch, tokens, width, generator=g) * scale
-        return [[context, _extra(kind, g, batch, tokens, scale)]]
+        return [[context, _extra(kind, g, batch, tokens, scale, frames)]]
 
     return one(1.0), one(0.5)
 
@@ -316,16 +323,19 @@ def with_shift(model, kind: str):
     return (patcher.patch_aura(model, **inputs) if node == "ModelSamplingAuraFlow" else patcher.patch(model, **inputs))[0]
 
 
-def noise(kind: str, seed: int = 0, batch: int = 1) -> torch.Tensor:
-    return torch.randn(batch, *LATENT[kind], generator=torch.Generator().manual_seed(seed))
+def noise(kind: str, seed: int = 0, batch: int = 1, frames: int | None = None) -> torch.Tensor:
+    return torch.randn(batch, *latent_shape(kind, frames), generator=torch.Generator().manual_seed(seed))
 
 
-def sample(model, kind: str, sampler="euler", scheduler="normal", steps=4, cfg=3.0, seed=0, batch=1, positive=None, negative=None, callback=None):
-    pos, neg = conditioning(kind, batch=batch)
-    latent = torch.zeros(batch, *LATENT[kind])
+def sample(model, kind: str, sampler="euler", scheduler="normal", steps=4, cfg=3.0, seed=0, batch=1, positive=None, negative=None,
+           callback=None, frames=None, **kwargs):
+    """``frames``: latent frames of a video family (default: LATENT's); ``kwargs`` go to
+    comfy.sample.sample (start_step, last_step, ... as KSamplerAdvanced passes them)."""
+    pos, neg = conditioning(kind, batch=batch, frames=frames)
+    latent = torch.zeros(batch, *latent_shape(kind, frames))
     return comfy.sample.sample(
         model,
-        noise(kind, seed, batch),
+        noise(kind, seed, batch, frames),
         steps,
         cfg,
         sampler,
@@ -336,4 +346,24 @@ def sample(model, kind: str, sampler="euler", scheduler="normal", steps=4, cfg=3
         seed=seed,
         disable_pbar=True,
         callback=callback,
+        **kwargs,
     )
+
+
+class StandInVAE:
+    """Stands in for a video VAE where ComfyUI's image-to-video nodes (WanImageToVideo,
+    Wan22ImageToVideoLatent, ...) encode their start image: they only call ``encode``. Frames
+    (F, H, W, 3) -> (1, channels, (F - 1) // stride + 1, H / down, W / down), as a video VAE
+    groups them (the first frame alone, then ``stride`` per latent frame), each group pooled and
+    mixed into the channels by a fixed random matrix: a deterministic latent of the right shape."""
+
+    def __init__(self, channels: int, down: int = 8, stride: int = 4, seed: int = 0):
+        self.down, self.stride = down, stride
+        self.downscale_index_formula = (stride, down, down)  # what LTXVImgToVideoInplace reads
+        self.mix = torch.randn(channels, 3, generator=torch.Generator().manual_seed(seed))
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.avg_pool2d(pixels[..., :3].movedim(-1, 1).float(), self.down)  # (F, 3, h, w)
+        groups = [x[:1]] + [x[i : i + self.stride].mean(0, keepdim=True) for i in range(1, x.shape[0], self.stride)]
+        frames = torch.einsum("kc,tchw->kthw", self.mix, torch.cat(groups))
+        return frames.unsqueeze(0)
