@@ -6,7 +6,8 @@
 #     && export PYTHONPATH=/tmp/site && bash bench/gpu.sh
 # Writes *.json and *.log into $OUT (default .bench/out) and prints a summary. Every part runs under
 # `timeout`; worst case about 7.5 minutes (45+240+150 s, then the optional parts only if time is
-# left: they start before 330 s, 330 s and 390 s), expected 5-6. A failed part does not stop the next one.
+# left: they start before 330 s, 330 s and 390 s; the float32 apply run of part 1b adds up to 150 s
+# when it starts), expected 5-7. A failed part does not stop the next one.
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,6 +67,17 @@ part apply_overhead 240 $PY bench/apply_overhead.py --arch $ARCH ${BLOCKS:+--blo
 part train_tlora 150 $PY bench/train_step.py --arch $ARCH ${BLOCKS:+--blocks $BLOCKS} --device $DEVICE --dtype $DTYPE --resolution $RES \
     --gradient-checkpointing --contenders tlora --repeats 1 --warmup $WARMUP --measure $TRAIN_MEASURE --fast-init \
     --worker-timeout $((140 * LIMIT_SCALE)) --json "$OUT/train_step_${ARCH}_tlora.json"
+
+# 1b) Optional, the first of the optional parts (it times the part of part 1's code path that changed
+#    last): the same comparison in float32, where merged weights follow the rank incrementally
+#    (only the components between the old and the new rank; bf16/fp16 are merged afresh per rank).
+#    Not for qwen-image (its float32 weights twice would not fit).
+if [ "$ARCH" != qwen-image ] && [ $((SECONDS - START)) -lt "$BUDGET_S" ]; then
+    part apply_overhead_fp32 150 $PY bench/apply_overhead.py --arch $ARCH --device $DEVICE --dtype fp32 \
+        --resolution $RES --steps $STEPS --repeats 3 --fast-init --json "$OUT/apply_overhead_${ARCH}_fp32.json"
+else
+    echo "=== apply_overhead_fp32 skipped: $((SECONDS - START))s gone (budget ${BUDGET_S}s) or ARCH=$ARCH ==="
+fi
 
 # 3) Optional, while the budget lasts, in this order: T-LoRA Train with PyTorch's non-reentrant
 #    checkpointing (the code before reentrant checkpointing: the GPU figure of that change), ComfyUI's

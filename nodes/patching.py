@@ -150,6 +150,17 @@ def _outer_sample_wrapper(stack: "TLoRAStack") -> Callable[..., Any]:
     return wrapper
 
 
+@dataclass
+class _Merged:
+    """One adapted Linear's merged weight and what it holds."""
+
+    source: tuple[int, int]  # id and data_ptr of the weight W it was merged from
+    ranks: tuple  # the stack's shared ranks it is merged at
+    tensor: torch.Tensor
+    roundings: int  # N of the drift bound (TLoRAStack._move_in_place) since the last fresh merge
+    budget: int  # the most roundings before the next fresh merge
+
+
 class TLoRAStack:
     """The adapters one patched MODEL carries and the masks of its current model call.
 
@@ -186,7 +197,7 @@ class TLoRAStack:
         self._plain: dict[tuple[int, str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._plain_host: dict[tuple[int, str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_masks: dict[tuple[int, torch.device, bool], torch.Tensor] = {}
-        self._merged: dict[torch.nn.Module, tuple[tuple, torch.Tensor]] = {}
+        self._merged: dict[torch.nn.Module, _Merged] = {}
         self._merge_room: dict[torch.device, bool] = {}
         self.training = False  # set by T-LoRA Train on its training clone's stack
         self.weights_rewritten_per_call = False  # set per model call: weights patched in place (hooks) -> don't merge
@@ -300,17 +311,26 @@ class TLoRAStack:
         return self._plain[key]
 
     def _merged_weight(self, module: torch.nn.Module, slots: tuple, device: torch.device) -> torch.Tensor:
+        """W + Σ strength·ΔW(r) at this call's ranks: the copy of the previous call if the ranks
+        are the same; else that copy moved to the new ranks in place (``_move_in_place``); else
+        merged afresh from W into it (no new allocation per rank change)."""
         weight = module.weight
-        key = (tuple(self.shared_ranks), id(weight), weight.data_ptr())
+        source = (id(weight), weight.data_ptr())
+        ranks = tuple(self.shared_ranks)
         cached = self._merged.get(module)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        # the previous rank's copy is overwritten in place: no new allocation per rank change
-        buffer = cached[1] if cached is not None and cached[1].shape == weight.shape else None
+        # an inference-mode tensor can't be written outside inference mode: allocate anew then
+        if cached is not None and not torch.is_inference_mode_enabled() and cached.tensor.is_inference():
+            cached = None
+        if cached is not None and cached.source == source:
+            if cached.ranks == ranks:
+                return cached.tensor
+            if self._incremental_ok(weight.dtype) and self._move_in_place(cached, slots, ranks, device):
+                return cached.tensor
+        buffer = cached.tensor if cached is not None and cached.tensor.shape == weight.shape else None
         merged: torch.Tensor | None = None
         for i, name, rows in slots:
             down, up = self._plain_factors(i, name, device, weight.dtype)
-            k = self._own_layers[i][name].components(self.shared_ranks[i])  # type: ignore[arg-type]
+            k = self._own_layers[i][name].components(ranks[i])  # type: ignore[arg-type]
             if rows is None and merged is None:
                 merged = torch.addmm(weight, up[:, :k], down[:k], out=buffer)
                 continue
@@ -319,8 +339,63 @@ class TLoRAStack:
             target = merged if rows is None else merged[rows[0] : rows[0] + rows[1]]
             target.addmm_(up[:, :k], down[:k])
         assert merged is not None
-        self._merged[module] = (key, merged)
+        layers = [(self._own_layers[i][name], ranks[i]) for i, name, _ in slots]
+        self._merged[module] = _Merged(
+            source, ranks, merged,
+            roundings=sum(layer.components(rank) + 1 for layer, rank in layers),
+            budget=self.DRIFT_BUDGET * sum(layer.components(layer.rank) + 1 for layer, _ in layers),
+        )
         return merged
+
+    # Merged float32 weights follow the rank in place, and are merged afresh from W once the
+    # roundings since the last fresh merge would exceed this many full fresh merges' worth.
+    DRIFT_BUDGET = 4
+
+    @staticmethod
+    def _incremental_ok(dtype: torch.dtype) -> bool:
+        """Move merged weights of this dtype between ranks in place? float32 only: each move
+        rounds the weight once more, by 2^-24 of it. In bfloat16 (2^-8) and float16 (2^-11) the
+        moves of one run add up to several times a fresh merge's rounding error (≈ 5× after 25
+        steps, as large as a LoRA's delta: bench/RESULTS.md, GPU section), so those are merged
+        afresh at every rank."""
+        return dtype == torch.float32
+
+    def _move_in_place(self, cached: "_Merged", slots: tuple, ranks: tuple, device: torch.device) -> bool:
+        """Add (rank up) or subtract (rank down) only the components between the cached ranks
+        and ``ranks``: per changed slot one GEMM of |k_new − k_old| components over its rows,
+        where a fresh merge copies W and multiplies all k_new. False, with nothing changed, where
+        a fresh merge costs no more (it then also resets the drift) or the drift budget is spent.
+
+        Drift bound (elementwise; u = 2^-24, γ_n = n·u/(1 − n·u); Higham, Accuracy and Stability
+        of Numerical Algorithms, §3.1 and Lemma 3.3): let T be the exact W + Σ s·U[:, :k]·D[:k]
+        and A = |W| + 2·Σ |s·U|·|D| over all components. A fresh merge sums 1 + k terms per entry,
+        so |F − T| ≤ γ_{k+1}·A. A move sums the merged entry and m products; the entry and the
+        products are bounded by A (a rank-down move subtracts components the entry holds, hence
+        the 2), so it adds at most γ_{m+1}·A·(1 + the error so far), and since
+        (1 + γ_a)(1 + γ_b) ≤ 1 + γ_{a+b}, after a fresh merge of k_0 components and moves of
+        m_1..m_n:  |M − T| ≤ γ_N·A,  N = (k_0 + 1) + Σ (m_j + 1).
+        N is ``roundings`` (summed over the module's slots, so it also holds for rows several
+        adapters cover), and N ≤ DRIFT_BUDGET·Σ (K + 1), K the slots' full component counts:
+        any sequence of ranks stays within DRIFT_BUDGET times the worst case of a fresh merge at
+        full rank (tests/nodes/test_merge_drift.py checks |M − T| ≤ γ_N·A against float64)."""
+        moves = []
+        for i, name, rows in slots:
+            layer = self._own_layers[i][name]
+            old, new = layer.components(cached.ranks[i]), layer.components(ranks[i])
+            if new != old:
+                moves.append((i, name, rows, old, new))
+        fresh_cost = sum(self._own_layers[i][name].components(ranks[i]) for i, name, _ in slots)
+        roundings = sum(abs(new - old) + 1 for *_, old, new in moves)
+        if sum(abs(new - old) for *_, old, new in moves) >= fresh_cost or cached.roundings + roundings > cached.budget:
+            return False
+        for i, name, rows, old, new in moves:
+            down, up = self._plain_factors(i, name, device, cached.tensor.dtype)
+            lo, hi = min(old, new), max(old, new)
+            target = cached.tensor if rows is None else cached.tensor[rows[0] : rows[0] + rows[1]]
+            target.addmm_(up[:, lo:hi], down[lo:hi], alpha=1.0 if new > old else -1.0)
+        cached.ranks = ranks
+        cached.roundings += roundings
+        return True
 
     # -- the patched forward ------------------------------------------------------------------------
     def forward(self, module: torch.nn.Module, slots: tuple[tuple[int, str, tuple[int, int] | None], ...],
