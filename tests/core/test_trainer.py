@@ -89,27 +89,27 @@ def test_draws_cover_the_timestep_range():
 def test_a_timestep_range_draws_only_inside_it_and_consumes_the_generator_like_the_full_range():
     """One expert of a two-expert model trains on its own timesteps only; everything else a
     seed draws (samples, noise, later steps) stays what the full range draws."""
-    adapter, compute = toy()
-    full = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4), 3, (16,), compute)
-    high = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4, timestep_range=(875, 1000)), 3, (16,), compute)
-    low = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4, timestep_range=(0, 875)), 3, (16,), compute)
+    adapter, _ = toy()
+    full = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4), SHAPES)
+    high = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4, timestep_range=(875, 1000)), SHAPES)
+    low = Trainer(adapter, TrainSettings(steps=1, batch_size=500, seed=4, timestep_range=(0, 875)), SHAPES)
     a, b, c = full.draw(), high.draw(), low.draw()
     assert b.timesteps.min() == 875 and b.timesteps.max() == 999  # 500 draws over 125 values reach both ends
     assert 0 <= c.timesteps.min() < 20 and 855 < c.timesteps.max() <= 874
     for x in (b, c):
-        assert torch.equal(x.indices, a.indices) and torch.equal(x.noise, a.noise)
+        assert torch.equal(x.indices, a.indices) and torch.equal(x.stacked_noise(), a.stacked_noise())
     assert torch.equal(high.generator.get_state(), full.generator.get_state())
 
 
 def test_the_full_timestep_range_is_the_default_and_draws_exactly_what_it_always_drew():
-    adapter, compute = toy()
+    adapter, _ = toy()
     explicit = TrainSettings(steps=1, batch_size=7, seed=2, timestep_range=(0, 1000))
     assert explicit.timestep_range is None and explicit == TrainSettings(steps=1, batch_size=7, seed=2)
     g = torch.Generator().manual_seed(2)  # the draw order of every run so far: samples, timesteps, noise
     indices, timesteps = torch.randint(0, 3, (7,), generator=g), torch.randint(0, 1000, (7,), generator=g)
-    batch = Trainer(adapter, explicit, 3, (16,), compute).draw()
+    batch = Trainer(adapter, explicit, SHAPES).draw()
     assert torch.equal(batch.indices, indices) and torch.equal(batch.timesteps, timesteps)
-    assert torch.equal(batch.noise, torch.randn((7, 16), generator=g))
+    assert torch.equal(batch.stacked_noise(), torch.randn((7, 16), generator=g))
 
 
 @pytest.mark.parametrize("variant", ["vanilla", "tlora"])
