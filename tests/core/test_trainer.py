@@ -234,13 +234,19 @@ def test_cancel_raised_inside_a_step_ends_as_a_cancel_and_resumes_exactly():
     rec.save = lambda c: saved.update(step=c.step, reason=c.reason, state=c.training_state, params=params(c.adapter))
     result = trainer.run(interrupted_at_5)
     assert result.cancelled and result.steps_done == 4 and (saved["step"], saved["reason"]) == (4, "cancelled")
-    resumed, compute2 = toy()
+    assert_resuming_equals(saved, settings, full, full_trainer)
+
+
+def assert_resuming_equals(saved: dict, settings: TrainSettings, full, full_trainer) -> None:
+    """A run resumed from what ``saved`` holds (params and training state) ends exactly where the
+    uninterrupted run ``full`` did: same parameters, same losses."""
+    resumed, compute = toy()
     resumed.load_state_dict(saved["params"])
-    trainer2 = Trainer(resumed, settings, SHAPES)
-    trainer2.load_state_dict(saved["state"])
-    trainer2.run(compute2)
+    trainer = Trainer(resumed, settings, SHAPES)
+    trainer.load_state_dict(saved["state"])
+    trainer.run(compute)
     assert all(torch.equal(x, y) for x, y in zip(params(full).values(), params(resumed).values()))
-    assert trainer2.losses == full_trainer.losses
+    assert trainer.losses == full_trainer.losses
 
 
 def test_a_failing_step_saves_progress_then_reraises():
@@ -280,13 +286,7 @@ def test_resuming_after_a_failed_step_retries_its_batch_and_matches_the_uninterr
         trainer.run(fails_once_at_5)
     assert (saved["step"], saved["reason"]) == (4, failure)
     # resume from what was saved: the same result as a run that never failed
-    resumed, compute2 = toy()
-    resumed.load_state_dict(saved["params"])
-    trainer2 = Trainer(resumed, settings, SHAPES)
-    trainer2.load_state_dict(saved["state"])
-    trainer2.run(compute2)
-    assert all(torch.equal(x, y) for x, y in zip(params(full).values(), params(resumed).values()))
-    assert trainer2.losses == full_trainer.losses
+    assert_resuming_equals(saved, settings, full, full_trainer)
 
 
 def test_no_gradient_reaching_the_adapter_is_named_not_called_divergence():

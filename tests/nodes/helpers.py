@@ -119,3 +119,14 @@ class CallLog:
 
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.KEY, record)
 
+    def assert_each_call_used_its_sigmas_rank(self, model, schedule) -> set[int]:
+        """Every recorded call's rank is r(t(sigma)) with t computed independently of the pack;
+        returns the ranks seen."""
+        assert self.calls, "the model was never called"
+        seen: set[int] = set()
+        for sigmas, ranks in self.calls:
+            expected = [int(schedule.rank_at(independent_timestep(model, s))) for s in sigmas]
+            assert ranks == expected, (sigmas, ranks, expected)
+            seen.update(ranks)
+        return seen
+

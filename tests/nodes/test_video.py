@@ -138,12 +138,7 @@ def test_every_model_call_uses_the_rank_of_its_own_sigma(tiny, helpers, kind, fr
     log = helpers.CallLog(patched)
     out = tiny.sample(patched, kind, sampler="heun", scheduler="simple", steps=3, cfg=2.0, frames=frames)
     assert out.shape == (1, *tiny.latent_shape(kind, frames)) and bool(torch.isfinite(out).all())
-    assert log.calls
-    seen = set()
-    for sigmas, ranks in log.calls:
-        expected = [int(adapter.schedule.rank_at(helpers.independent_timestep(model, s))) for s in sigmas]
-        assert ranks == expected, (sigmas, ranks, expected)
-        seen.update(ranks)
+    seen = log.assert_each_call_used_its_sigmas_rank(model, adapter.schedule)
     assert len(seen) > 1
 
 
