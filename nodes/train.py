@@ -447,17 +447,16 @@ class TLoRATrain(io.ComfyNode):
             expert = "none" if _one(expert) is None else _one(expert)
             span = model_kinds.expert_range(model, expert, DISPLAY_NAME)
             settings = replace(run_recipe.settings(steps, batch_size, seed, save_every), timestep_range=span)
-            family = model_kinds.kind_of(model, DISPLAY_NAME).family
+            kind = model_kinds.kind_of(model, DISPLAY_NAME)
             config = TLoRAConfig(
                 variant=run_recipe.variant, rank=run_recipe.rank, min_rank=run_recipe.min_rank,
-                schedule_power=schedule_power, init=init, model_family=family, timestep_range=span,
+                schedule_power=schedule_power, init=init, model_family=kind.family, timestep_range=span,
             )
         except ValueError as err:
             raise ValueError(node_message(DISPLAY_NAME, err)) from err
         filename_prefix = video.expert_prefix(filename_prefix, expert, span)
         if training_dtype not in DTYPES:
             raise ValueError(f"{DISPLAY_NAME}: training_dtype must be one of {list(DTYPES)}, got {training_dtype!r}.")
-        kind = model_kinds.kind_of(model, DISPLAY_NAME)
         if kind.video:
             def weights_of(m, samples):
                 return video.subject_weights(m, samples, _downscale(model), kind.frame_stride, DISPLAY_NAME)
