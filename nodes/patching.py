@@ -43,6 +43,7 @@ apply_model has returned, and must see the same mask.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,6 +61,9 @@ from .model_kinds import Target, check_sampling, describe_range, family_name, fi
 log = logging.getLogger(__name__)
 
 KEY = "tlora_nodes"
+
+# The stack whose merged host weights outlive their sampling run (TLoRAStack.release_run): one per process.
+_host_keeper: list[weakref.ref] = []
 
 
 def check_compatible(adapter: TLoRA, model: comfy.model_patcher.ModelPatcher, node: str) -> dict[str, Target]:
@@ -154,7 +158,7 @@ def _outer_sample_wrapper(stack: "TLoRAStack") -> Callable[..., Any]:
 class _Merged:
     """One adapted Linear's merged weight and what it holds."""
 
-    source: tuple[int, int]  # id and data_ptr of the weight W it was merged from
+    source: tuple[int, int, Any]  # the weight W it was merged from: id, data_ptr, ComfyUI's weight-patch state
     ranks: tuple  # the stack's shared ranks it is merged at
     tensor: torch.Tensor
     roundings: int  # N of the drift bound (TLoRAStack._move_in_place) since the last fresh merge
@@ -176,9 +180,17 @@ class TLoRAStack:
     - activation-side (everything else: training, rows at different ranks, lowvram or fp8
       layers that cast their weight per call, torch.compile, hook LoRAs that rewrite weights in
       place per conditioning): Linear(x) + Σ strength·delta(x, mask).
-    Merged weights are released when the sampling run ends (ModelPatcher's ON_CLEANUP); the
-    adapter's device copies when the model leaves the device (ON_DETACH), so nothing lingers in
-    VRAM once ComfyUI unloads the model.
+    Memory: merged weights on a GPU are released when the sampling run ends (ModelPatcher's
+    ON_CLEANUP): ComfyUI's loader counts the model's VRAM, not ours. Merged weights in host
+    memory (a model run on the CPU) are kept for the next run, as the stock LoRA loader keeps a
+    backup copy of every patched weight: the next run moves them to its first rank in place
+    instead of faulting in a new copy of every adapted weight (on SD1.5 that allocation costs as
+    much CPU time as the merge's GEMM: bench/RESULTS.md, issue 17). One stack per process keeps
+    them (the one that sampled last), so switching between T-LoRA'd MODELs never holds more than
+    one extra copy. ComfyUI detaches every model at each load, the same model again too
+    (ON_DETACH with unpatch_all False): that drops the device copies of the adapter but keeps
+    those host weights, whose key (weight, ComfyUI's weight-patch state) tells whether they still
+    fit; unloading the model (unpatch_all True) drops everything.
     """
 
     def __init__(self, applied: tuple[Applied, ...]) -> None:
@@ -202,20 +214,36 @@ class TLoRAStack:
         self.training = False  # set by T-LoRA Train on its training clone's stack
         self.weights_rewritten_per_call = False  # set per model call: weights patched in place (hooks) -> don't merge
         self.call_memory = 0  # set per model call: ComfyUI's estimate of its activation memory (bytes)
+        # set per model call: which weight patches ComfyUI has written into the weights (its
+        # current_weight_patches_uuid); a merged copy kept from an earlier run is of other weights
+        # if another patcher's LoRAs were applied in place since
+        self.weights_state: Any = None
         self._warned_unset = False
 
     def extended(self, item: Applied) -> "TLoRAStack":
         return TLoRAStack(self.applied + (item,))
 
-    def release_run(self, *_: Any) -> None:
-        """End of a sampling run (ON_CLEANUP): drop the merged weights, the big part."""
-        self._merged.clear()
+    def _keep_host_merges_only(self) -> None:
+        self._merged = {module: cached for module, cached in self._merged.items() if cached.tensor.device.type == "cpu"}
         self._merge_room.clear()
 
-    def release(self, *_: Any) -> None:
-        """The model leaves the device (ON_DETACH): drop everything device-side, also the
-        adapter's factors on the device, which reruns on a loaded model keep using."""
-        self.release_run()
+    def release_run(self, *_: Any) -> None:
+        """End of a sampling run (ON_CLEANUP): drop the merged weights outside host memory (the
+        big part); host ones stay for the next run, this stack's only (class docstring)."""
+        self._keep_host_merges_only()
+        if self._merged:
+            keeper = _host_keeper[0]() if _host_keeper else None
+            if keeper is not None and keeper is not self:
+                keeper._merged.clear()
+            _host_keeper[:] = [weakref.ref(self)]
+
+    def release(self, _patcher: Any = None, unpatch_all: bool = True) -> None:
+        """ON_DETACH: everything device-side goes, also the adapter's factors on the device; the
+        merged host weights only when ComfyUI unloads the model (``unpatch_all``), not when it
+        detaches it to load it again (class docstring)."""
+        if unpatch_all:
+            self._merged.clear()
+        self._keep_host_merges_only()
         self._plain.clear()
         self._device_masks.clear()
 
@@ -315,7 +343,7 @@ class TLoRAStack:
         are the same; else that copy moved to the new ranks in place (``_move_in_place``); else
         merged afresh from W into it (no new allocation per rank change)."""
         weight = module.weight
-        source = (id(weight), weight.data_ptr())
+        source = (id(weight), weight.data_ptr(), self.weights_state)
         ranks = tuple(self.shared_ranks)
         cached = self._merged.get(module)
         # an inference-mode tensor can't be written outside inference mode: allocate anew then
@@ -326,7 +354,8 @@ class TLoRAStack:
                 return cached.tensor
             if self._incremental_ok(weight.dtype) and self._move_in_place(cached, slots, ranks, device):
                 return cached.tensor
-        buffer = cached.tensor if cached is not None and cached.tensor.shape == weight.shape else None
+        same_layout = cached is not None and (cached.tensor.shape, cached.tensor.dtype, cached.tensor.device) == (weight.shape, weight.dtype, weight.device)
+        buffer = cached.tensor if same_layout else None  # type: ignore[union-attr]
         merged: torch.Tensor | None = None
         for i, name, rows in slots:
             down, up = self._plain_factors(i, name, device, weight.dtype)
@@ -439,6 +468,7 @@ def _apply_model_wrapper(stack: TLoRAStack) -> Callable[..., Any]:
         # one step: a merged copy would carry one cond's hook into the other's call.
         patcher = getattr(base_model, "current_patcher", None)
         stack.weights_rewritten_per_call = bool(patcher is not None and patcher.hook_patches)
+        stack.weights_state = getattr(base_model, "current_weight_patches_uuid", None)
         if not stack._merge_room:  # only until this run's room is decided (once per run)
             stack.call_memory = int(base_model.memory_required(x.shape))
         return executor(x, t, *args, **kwargs)

@@ -83,11 +83,85 @@ def test_merged_path_and_activation_path_agree(tiny, helpers, patching, monkeypa
     monkeypatch.setattr(patching.TLoRAStack, "_merged_weight", lambda self, *a: merges.append(1) or original(self, *a))
     merged = tiny.sample(patched, kind, steps=4)
     assert merges, "sampling (no autograd, shared rank, resident weights) should use merged weights"
-    assert stack._merged == {}  # released when the run ended
+    assert stack._merged  # host memory: kept for the next run while the model stays loaded (issue 17)
     monkeypatch.setattr(patching.TLoRAStack, "_can_merge", lambda self, module, x: False)
     activation = tiny.sample(apply(helpers, model, adapter, strength=0.7), kind, steps=4)
     plain = tiny.sample(model, kind, steps=4)
     assert_same_effect(merged, activation, plain)
+
+
+def test_merged_host_weights_serve_the_next_run_and_go_with_the_model(tiny, helpers, patching):
+    """On the CPU a run's merged weights stay for the next run (moved to its ranks in place, no new
+    tensors; ComfyUI detaches the model at every load, which must not drop them) and give that run
+    exactly what a fresh stack gives; merged weights on any other device go when each run ends, the
+    host ones when another stack samples or ComfyUI unloads the model."""
+    import comfy.model_management
+
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=12, min_rank=3)
+    patched = apply(helpers, model, adapter, strength=0.7)
+    stack = patching.get_stack(patched)
+    first = tiny.sample(patched, "sd15", steps=5)
+    kept = {module: cached.tensor.data_ptr() for module, cached in stack._merged.items()}
+    assert kept and len(kept) == len(stack.mergeable)
+    again = tiny.sample(patched, "sd15", steps=5)
+    torch.testing.assert_close(again, first, rtol=1e-5, atol=1e-5 * first.abs().max().item())
+    assert {module: cached.tensor.data_ptr() for module, cached in stack._merged.items()} == kept  # the same memory
+
+    module, cached = next(iter(stack._merged.items()))
+    stack._merged[module] = patching._Merged(cached.source, cached.ranks, torch.empty(cached.tensor.shape, device="meta"), 0, 1)
+    stack.release_run()  # a run ends: the weight on another device (stands for the GPU) goes, host ones stay
+    assert module not in stack._merged and len(stack._merged) == len(kept) - 1
+
+    fresh = tiny.sample(apply(helpers, model, adapter, strength=0.7), "sd15", steps=5)
+    torch.testing.assert_close(again, fresh, rtol=1e-5, atol=1e-5 * fresh.abs().max().item())
+    assert stack._merged == {}  # one stack keeps host merges: the one that sampled last
+    tiny.sample(patched, "sd15", steps=5)
+    assert stack._merged
+    comfy.model_management.unload_all_models()  # ComfyUI unloads the model: ON_DETACH, unpatch_all
+    assert stack._merged == {}
+
+
+def test_a_kept_merged_weight_is_not_reused_after_the_weights_were_patched(tiny, helpers, patching):
+    """Weights LoRA-patched in place between two runs (ComfyUI records it in the model's
+    current_weight_patches_uuid): the next run merges from the weights as they are, never reuses
+    the first run's copy. And the real case, a stock LoraLoader clone of the same checkpoint run
+    in between, leaves our next run exactly as it was."""
+    import uuid
+
+    import comfy.sd
+    import comfy.utils
+
+    from tlora_nodes.tlora_core import export_lora
+
+    model = tiny.build("sd15")
+    adapter = helpers.make_adapter(model, rank=8, min_rank=2)
+    patched = apply(helpers, model, adapter)
+    stack = patching.get_stack(patched)
+    want = tiny.sample(patched, "sd15", steps=3)
+    other = helpers.make_adapter(model, variant="vanilla", rank=4, min_rank=4, seed=5, scale=0.3)
+    lora_model, _ = comfy.sd.load_lora_for_models(model, None, export_lora(other), 1.0, 0)
+    assert (tiny.sample(lora_model, "sd15", steps=3) - want).abs().max() > 1e-3  # the LoRA shows
+    torch.testing.assert_close(tiny.sample(patched, "sd15", steps=3), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+    assert stack._merged  # kept from that run
+    g = torch.Generator().manual_seed(9)
+    changes = {}
+    with torch.no_grad():
+        for module in stack.mergeable:
+            changes[module] = torch.randn(module.weight.shape, generator=g) * 0.05
+            module.weight += changes[module]
+    model.model.current_weight_patches_uuid = uuid.uuid4()  # what ComfyUI sets when it patches weights
+    try:
+        got = tiny.sample(patched, "sd15", steps=3)
+        fresh = tiny.sample(apply(helpers, model, adapter), "sd15", steps=3)
+    finally:
+        with torch.no_grad():
+            for module, change in changes.items():
+                module.weight -= change
+        model.model.current_weight_patches_uuid = None
+    assert (fresh - want).abs().max() > 1e-3
+    torch.testing.assert_close(got, fresh, rtol=1e-5, atol=1e-5 * fresh.abs().max().item())
 
 
 def test_flux_merges_fused_qkv_but_never_copies_linear1s_mlp_rows(tiny, helpers, patching, monkeypatch):
