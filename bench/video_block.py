@@ -166,7 +166,7 @@ def train_part(args, model, shape) -> dict:
     clock = StepClock(torch.device("cpu"))
     t0 = time.perf_counter()
     with c.fast_init() if args.fast_init else contextlib.nullcontext(), torch.inference_mode():
-        execute_v3(TLoRATrain, inputs)
+        execute_v3(TLoRATrain, {k: [v] for k, v in inputs.items()})  # it takes every input as a list
     wall = time.perf_counter() - t0
     clock.handle.remove()
     if len(clock.stamps) != steps:
