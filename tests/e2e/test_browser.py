@@ -71,14 +71,24 @@ def api_twin(name: str) -> dict:
 
 def shown(ui, node_id: int) -> dict:
     """What node `node_id`'s plot shows, drawn on screen (plots draw, and record it, only there),
-    once it no longer waits for a route's answer."""
-    handle = ui.page.wait_for_function(
-        """(id) => { const node = app.graph.getNodeById(id);
-                     app.canvas.ds.scale = 1; app.canvas.ds.offset = [-node.pos[0] + 40, -node.pos[1] + 60];
-                     app.canvas.setDirty(true, true); app.canvas.draw(true, true);
-                     const last = node.widgets.at(-1).last; return last && !last.loading ? last : null; }""",
-        arg=node_id, timeout=15_000,
-    )
+    once it no longer waits for a route's answer. (After a run the frontend may have added a widget
+    of its own after the plot: the progress text.)"""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    mark = ui.console_mark()
+    try:
+        handle = ui.page.wait_for_function(
+            """(id) => { const node = app.graph.getNodeById(id);
+                         app.canvas.ds.scale = 1; app.canvas.ds.offset = [-node.pos[0] + 40, -node.pos[1] + 60];
+                         app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+                         const last = node.widgets.find((w) => w.type === "tlora_plot").last;
+                         return last && !last.loading ? last : null; }""",
+            arg=node_id, timeout=15_000,
+        )
+    except PlaywrightTimeout:
+        last = ui.page.evaluate(
+            "(id) => app.graph.getNodeById(id)?.widgets.find((w) => w.type === 'tlora_plot')?.last ?? 'no plot drawn'", node_id)
+        raise AssertionError(f"node #{node_id}'s plot shows {last}; console: {ui.errors_since(mark)}") from None
     return handle.json_value()
 
 
