@@ -33,8 +33,10 @@ const APPLY = "TLoRA_Apply";
 const PROGRESS_EVENT = "tlora.train.progress";
 const WIDGET_TYPE = "tlora_plot";
 const CUSTOM = "custom"; // T-LoRA Train's recipe value for its own widgets (a saved value: never changes)
-const PLOT_HEIGHT = 146; // + SOURCE_LINE: up to two lines that name where the schedule comes from
-const SOURCE_LINE = 28;
+// the schedule panel; its bottom SOURCE_AREA holds up to two lines that say where the schedule comes
+// from (the height Timestep-Aware Apply's panel had with one line: shipped workflows' layouts keep)
+const PLOT_HEIGHT = 162;
+const SOURCE_AREA = 28;
 const MIN_WIDTH = 340;
 const LOSS_HEIGHT = 104;
 const MARGIN = 12;
@@ -167,7 +169,7 @@ function text(ctx, str, x, y, { color = COLORS.text, align = "left", size = 11, 
   ctx.fillText(str, x, y);
 }
 
-const scheduleHeight = () => PLOT_HEIGHT + SOURCE_LINE;
+const scheduleHeight = () => PLOT_HEIGHT;
 
 /** Words of `str` in lines no wider than `width` (at the font `text` uses for `size`). */
 function wrap(ctx, str, width, { size = 11, bold = false } = {}) {
@@ -227,7 +229,7 @@ function sparkline(ctx, ranks, rank, x, y, w, h) {
 
 /** Recipe "family reference" before a run: what each family trains, at this node's power. */
 function drawReference(ctx, widget, s, x0, w, y, height) {
-  const h = PLOT_HEIGHT - 8;
+  const h = PLOT_HEIGHT - SOURCE_AREA;
   const titleY = y + 17;
   text(ctx, "rank schedule r(t)", x0 + 8, titleY, { bold: true });
   const table = requestRecipes();
@@ -249,7 +251,7 @@ function drawReference(ctx, widget, s, x0, w, y, height) {
   const shown = [];
   const left = x0 + 62;
   const width = x0 + w - 8 - left;
-  const bottom = y + PLOT_HEIGHT - 14; // the last line's centre; the panel ends 10 px below
+  const bottom = y + PLOT_HEIGHT - SOURCE_AREA - 2; // the last line's centre
   let cursor = y + 34;
   // "every other family" reads right only after the families named before it
   for (const recipe of [...table.info.recipes].sort((a, b) => a.others - b.others)) {
@@ -283,7 +285,7 @@ function drawSchedule(ctx, widget, node, width, y) {
   text(ctx, "rank schedule r(t)", x0 + 8, titleY, { bold: true });
   if (problem) {
     widget.last = { error: problem };
-    centredMessage(ctx, problem, s.message && !s.error ? COLORS.muted : COLORS.error, x0, w, y, PLOT_HEIGHT - 8);
+    centredMessage(ctx, problem, s.message && !s.error ? COLORS.muted : COLORS.error, x0, w, y, PLOT_HEIGHT - SOURCE_AREA);
     if (s.source && s.message === undefined) drawSource(ctx, s.source, x0, w, y, height);
     return;
   }
@@ -300,7 +302,7 @@ function drawSchedule(ctx, widget, node, width, y) {
   const left = x0 + 34;
   const right = x0 + w - 12;
   const top = y + 32;
-  const bottom = y + PLOT_HEIGHT - 40;  // the source line, if any, goes below the axis
+  const bottom = y + PLOT_HEIGHT - SOURCE_AREA - 40; // the axis labels go below, then the source
   const px = (t) => left + ((right - left) * t) / NUM_TIMESTEPS;
   const py = (r) => bottom - ((bottom - top) * r) / s.rank;
 
