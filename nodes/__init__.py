@@ -16,7 +16,7 @@ class TLoRAExtension(ComfyExtension):
     async def on_load(self) -> None:
         from .routes import register
 
-        register()  # GET /tlora/info for the frontend extension; idempotent
+        register()  # GET /tlora/info and /tlora/recipes for the frontend extension; idempotent
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.64 never calls on_load (later versions may): call it here too.

@@ -165,6 +165,9 @@ SD_RECIPE = Recipe("SD-XL paper recipe", "tlora", 64, 32, "adamw", 1e-4, None, N
 FLUX_RECIPE = Recipe("FLUX.1 reference recipe", "vanilla", 32, 1, "prodigy", 1.0, 1.0, 1.0, 5.0)
 # guidance-distilled FLUX models sample without CFG
 FLUX_DISTILLED_RECIPE = replace(FLUX_RECIPE, preview_cfg=1.0)
+# a family's recipe when the table names none, and of a class adapted by ``generic_kind``: the
+# reference's only transformer trainer
+DEFAULT_RECIPE = FLUX_RECIPE
 
 
 # -- models that come as two experts ----------------------------------------------------------------------
@@ -203,7 +206,7 @@ class ModelKind:
     inplace: bool = False  # blocks update tensors in place: training runs them on copies
     video: bool = False  # 5-D (B, C, T, H, W) latents
     note: str = ""
-    recipe: Recipe = FLUX_RECIPE
+    recipe: Recipe = DEFAULT_RECIPE
     # video: frames of video per latent frame after the first (F = frame_stride·(T − 1) + 1), the
     # VAE's temporal downscale (ComfyUI 0.3.64's latent formats don't state it)
     frame_stride: int = 1

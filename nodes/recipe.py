@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..tlora_core import VARIANT_LABELS
+from ..tlora_core import VARIANT_LABELS, TLoRAConfig
 from ..tlora_core.trainer import TrainSettings, recipe_from
 from . import model_kinds
 
@@ -39,6 +39,11 @@ class RunRecipe:
     first_timestep: int
     guidance: float | None  # None: the conditioning's own
     extra: tuple[tuple[str, Any], ...] = ()  # a checkpoint's betas / weight decay / eps
+
+    @property
+    def choice(self) -> str:
+        """The recipe input that gives this recipe (only the node's own values are named 'custom')."""
+        return CUSTOM if self.name == CUSTOM else REFERENCE
 
     def settings(self, steps: int, batch_size: int, seed: int, save_every: int) -> TrainSettings:
         return TrainSettings(
@@ -100,7 +105,7 @@ def resolve(
             log.info("%s: recipe '%s' trains %s with its reference values; the node's %s are not used (set recipe "
                      "to 'custom' to use them).", node, REFERENCE, kind.label, ", ".join(ignored))
         return recipe
-    recipe = RunRecipe("custom", variant, rank, min_rank, OPTIMIZER_LABELS[label], learning_rate, **procedure)
+    recipe = RunRecipe(CUSTOM, variant, rank, min_rank, OPTIMIZER_LABELS[label], learning_rate, **procedure)
     if recipe.optimizer == "prodigy" and learning_rate <= 0.1:
         log.warning("%s: Prodigy's learning_rate multiplies the step size it finds itself; the reference uses 1.0 "
                     "(this run: %g).", node, learning_rate)
@@ -131,5 +136,45 @@ def changed_by_resume(recipe: RunRecipe, resumed: RunRecipe) -> list[str]:
     return out
 
 
-__all__ = ["CHOICES", "CUSTOM", "OPTIMIZER_LABELS", "REFERENCE", "RunRecipe", "changed_by_resume", "following",
-           "resolve"]
+# -- what the frontend's schedule plot is told ------------------------------------------------------------
+# Under 'family reference' the node's rank / min_rank / variant widgets are not what trains, and
+# which family a MODEL is only the server knows once the graph runs: before a run the plot names
+# each family's recipe (family_recipes, GET /tlora/recipes), after it the schedule the run used
+# (schedule_facts, in the node's progress events and UI output).
+def schedule_facts(recipe: RunRecipe, config: TLoRAConfig) -> dict[str, Any]:
+    """The schedule a run trains (after a resume: the checkpoint's, which equals ``config``)."""
+    return {
+        "recipe": recipe.name,
+        "choice": recipe.choice,
+        "family": model_kinds.family_name(config.model_family),
+        "variant": config.variant,
+        "variant_label": VARIANT_LABELS[config.variant],
+        "rank": config.rank,
+        "min_rank": config.min_rank,
+        "schedule_power": config.schedule_power,
+    }
+
+
+def family_recipes() -> dict[str, Any]:
+    """The recipes 'family reference' trains with, one entry per distinct recipe with the families
+    that use it; ``others``: also any model the family table doesn't list (``generic_kind``)."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for recipe, label in [(kind.recipe, kind.label) for kind in model_kinds.KINDS] + [(model_kinds.DEFAULT_RECIPE, None)]:
+        # only what the choice sets (preview_cfg differs inside one reference recipe)
+        key = (recipe.name, recipe.variant, recipe.rank, recipe.min_rank, recipe.optimizer, recipe.learning_rate,
+               recipe.max_grad_norm)
+        group = groups.setdefault(key, {
+            "name": recipe.name, "variant": recipe.variant, "variant_label": VARIANT_LABELS[recipe.variant],
+            "rank": recipe.rank, "min_rank": recipe.min_rank, "optimizer": _OPTIMIZER_NAMES[recipe.optimizer],
+            "learning_rate": recipe.learning_rate, "max_grad_norm": recipe.max_grad_norm, "families": [],
+            "others": False,
+        })
+        if label is None:
+            group["others"] = True
+        elif label not in group["families"]:
+            group["families"].append(label)
+    return {"reference": REFERENCE, "custom": CUSTOM, "recipes": list(groups.values())}
+
+
+__all__ = ["CHOICES", "CUSTOM", "OPTIMIZER_LABELS", "REFERENCE", "RunRecipe", "changed_by_resume", "family_recipes",
+           "following", "resolve", "schedule_facts"]

@@ -1,4 +1,5 @@
-"""HTTP routes for the optional frontend extension (web/js/): what a T-LoRA file's schedule is.
+"""HTTP routes for the optional frontend extension (web/js/): what a T-LoRA file's schedule is,
+and what T-LoRA Train's recipe "family reference" trains each family with.
 
     GET /tlora/info?name=<file in models/loras>   (also /api/tlora/info)
     -> {"name", "source", "variant", "rank", "min_rank", "schedule_power", "model_family",
@@ -10,6 +11,14 @@ schedule_power of the file behind a T-LoRA Load. Reference files store no schedu
 ``needs_schedule`` is true, and min_rank / schedule_power are what T-LoRA Load uses then, by
 the same rule (``tlora_core.file_schedule``: the run's hparams.yml, else the reference code's
 defaults); ``schedule_source`` and ``schedule_reason`` say which and why.
+
+    GET /tlora/recipes   (also /api/tlora/recipes)
+    -> {"reference", "custom", "recipes": [{"name", "variant", "variant_label", "rank", "min_rank",
+        "optimizer", "learning_rate", "max_grad_norm", "families", "others"}]}
+
+Built from model_kinds' family table (``recipe.family_recipes``): before T-LoRA Train has run,
+its plot can't know the MODEL's family, so under the family reference it names what each
+family trains with instead of drawing the node's (unused) rank widgets.
 """
 
 from __future__ import annotations
@@ -21,9 +30,11 @@ import sys
 
 from ..tlora_core import TLoRAFileError, summarize_tlora, summary_schedule
 from ..tlora_core.reference import is_flux_checkpoint_name
+from . import recipe
 
 log = logging.getLogger(__name__)
 ROUTE = "/tlora/info"
+RECIPES_ROUTE = "/tlora/recipes"
 _registered = False
 
 
@@ -98,5 +109,9 @@ def register() -> None:
         except InfoError as err:
             return web.json_response({"error": str(err)}, status=err.status)
 
+    @server.routes.get(RECIPES_ROUTE)
+    async def tlora_recipes(request):
+        return web.json_response(recipe.family_recipes())
+
     _registered = True
-    log.debug("T-LoRA: registered %s", ROUTE)
+    log.debug("T-LoRA: registered %s and %s", ROUTE, RECIPES_ROUTE)

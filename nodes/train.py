@@ -138,11 +138,13 @@ class RunFiles:
 class _NodeCallbacks:
     """Progress bar and live loss for the UI, Cancel, and checkpoint files for the core loop."""
 
-    def __init__(self, files: RunFiles, node_id: str | None, metadata: dict[str, str], summary: str = ""):
+    def __init__(self, files: RunFiles, node_id: str | None, metadata: dict[str, str], summary: str = "",
+                 schedule: dict | None = None):
         self.files = files
         self.node_id = node_id
         self.metadata = metadata
         self.summary = summary  # what the run trains with, shown under the step counter
+        self.schedule = schedule  # recipes.schedule_facts: the frontend plots it from the first step on
         self.interrupted = False
         self.saved: list[str] = []
         self.pbar = None
@@ -158,7 +160,8 @@ class _NodeCallbacks:
         if server is not None and self.node_id is not None:
             text = f"step {step}/{total} · loss {loss:.4f}"
             server.send_progress_text(f"{text}\n{self.summary}" if self.summary else text, self.node_id)
-            server.send_sync(PROGRESS_EVENT, {"node": self.node_id, "step": step, "steps": total, "loss": loss})
+            server.send_sync(PROGRESS_EVENT, {"node": self.node_id, "step": step, "steps": total, "loss": loss,
+                                              "schedule": self.schedule})
 
     def should_stop(self) -> bool:
         return self.interrupted or comfy.model_management.processing_interrupted()
@@ -475,7 +478,8 @@ class TLoRATrain(io.ComfyNode):
         )
         return io.NodeOutput(
             result.model, result.adapter, {"loss": result.losses}, result.previews,
-            ui={"tlora_saved": [result.saved], "tlora_summary": [result.summary]},
+            # tlora_schedule: the schedule the run used, for the plot (a cached result sends it again)
+            ui={"tlora_saved": [result.saved], "tlora_summary": [result.summary], "tlora_schedule": [result.schedule]},
         )
 
 
@@ -517,6 +521,7 @@ class TrainOutput:
     saved: str  # the final file, relative to the loras folder
     previews: torch.Tensor  # the preview grid (IMAGE)
     summary: str  # what the run trained with, on what
+    schedule: dict  # recipes.schedule_facts of the run
 
 
 def _resume(path_name: str, config: TLoRAConfig, targets: dict[str, model_kinds.Target], optimizer: str):
@@ -590,7 +595,7 @@ def train(
     device = model.load_device
     if run_recipe is None:
         run_recipe = recipes.RunRecipe(
-            "custom", config.variant, config.rank, config.min_rank, settings.optimizer, settings.learning_rate,
+            recipes.CUSTOM, config.variant, config.rank, config.min_rank, settings.optimizer, settings.learning_rate,
             settings.max_grad_norm, settings.first_timestep, None,
         )
     if config.model_family == "flux" and config.variant == "tlora":
@@ -621,7 +626,8 @@ def train(
         adapter.to(device).requires_grad_(True)
         summary = f"{run_recipe.describe()}; {data.describe(_downscale(model))}"
         log.info("T-LoRA Train: %s", summary)
-        callbacks = _NodeCallbacks(files, node_id, metadata, summary)
+        schedule = recipes.schedule_facts(run_recipe, config)
+        callbacks = _NodeCallbacks(files, node_id, metadata, summary, schedule)
         trainer = Trainer(adapter, settings, data.shapes, callbacks=callbacks)
         if state is not None:
             trainer.load_state_dict(state)
@@ -691,4 +697,4 @@ def train(
     patching.attach(out_model, adapter, 1.0, DISPLAY_NAME)
     losses = [trainer.losses[s] for s in sorted(trainer.losses)]
     grid = previewer.grid() if previewer is not None else previews.empty_grid()
-    return TrainOutput(out_model, adapter, losses, files.relative(final), grid, summary)
+    return TrainOutput(out_model, adapter, losses, files.relative(final), grid, summary, schedule)

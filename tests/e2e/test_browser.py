@@ -69,6 +69,50 @@ def api_twin(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
 
 
+def shown(ui, node_id: int) -> dict:
+    """What node `node_id`'s plot shows, drawn on screen (plots draw, and record it, only there),
+    once it no longer waits for a route's answer. (After a run the frontend may have added a widget
+    of its own after the plot: the progress text.)"""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    mark = ui.console_mark()
+    try:
+        handle = ui.page.wait_for_function(
+            """(id) => { const node = app.graph.getNodeById(id);
+                         app.canvas.ds.scale = 1; app.canvas.ds.offset = [-node.pos[0] + 40, -node.pos[1] + 60];
+                         app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+                         const last = node.widgets.find((w) => w.type === "tlora_plot").last;
+                         return last && !last.loading ? last : null; }""",
+            arg=node_id, timeout=15_000,
+        )
+    except PlaywrightTimeout:
+        last = ui.page.evaluate(
+            "(id) => app.graph.getNodeById(id)?.widgets.find((w) => w.type === 'tlora_plot')?.last ?? 'no plot drawn'", node_id)
+        raise AssertionError(f"node #{node_id}'s plot shows {last}; console: {ui.errors_since(mark)}") from None
+    return handle.json_value()
+
+
+def set_widgets(ui, node_id: int, **values) -> None:
+    ui.page.evaluate(
+        """([id, values]) => { const node = app.graph.getNodeById(id);
+             for (const [name, value] of Object.entries(values)) node.widgets.find((w) => w.name === name).value = value; }""",
+        [node_id, values],
+    )
+
+
+def check_reference_panel(last: dict, power: float) -> None:
+    """The plot of a T-LoRA Train under recipe 'family reference' that hasn't run: each family's
+    recipe, from GET /tlora/recipes, none of the node's rank widgets."""
+    assert last["reference"] and "error" not in last and "rank" not in last, last
+    assert last["complete"] and last["power"] == power, last
+    recipes = {r["name"]: r for r in last["recipes"]}
+    sd, flux = recipes["SD-XL paper recipe"], recipes["FLUX.1 reference recipe"]
+    assert (sd["variant"], sd["rank"], sd["minRank"], sd["others"]) == ("tlora", 64, 32, False)
+    assert {"SD1.5", "SD2", "SDXL"} <= set(sd["families"])
+    assert (flux["variant"], flux["rank"], flux["minRank"], flux["others"]) == ("vanilla", 32, 1, True)
+    assert "FLUX.1" in flux["families"]
+
+
 def redraw(ui) -> None:
     ui.page.evaluate("() => { app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true); }")
 
@@ -226,7 +270,7 @@ def test_plots_follow_widget_edits_and_links(ui):
           const apply = app.graph.nodes.find((n) => n.type === "TLoRA_Apply" && n.title.endsWith("schedule on"));
           train.connect(1, apply, apply.inputs.findIndex((i) => i.name === "tlora"));
           const set = (name, value) => { train.widgets.find((w) => w.name === name).value = value; };
-          set("rank", 16); set("min_rank", 4); set("schedule_power", 2.0);
+          set("recipe", "custom"); set("rank", 16); set("min_rank", 4); set("schedule_power", 2.0);
           app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true);
           const last = (node) => node.widgets.find((w) => w.type === "tlora_plot").last;
           const before = { train: last(train), apply: last(apply) };
@@ -237,11 +281,27 @@ def test_plots_follow_widget_edits_and_links(ui):
     )
     for key in ("train", "apply"):
         assert (result[key]["rank"], result[key]["minRank"], result[key]["power"]) == (16, 4, 2.0), result
-    assert result["apply"]["source"].startswith("from T-LoRA Train")
+    assert result["train"]["source"] == "custom: this node's widgets"
+    assert result["apply"]["source"].startswith("from T-LoRA Train #") and result["apply"]["source"].endswith(" · custom: this node's widgets")
     assert "min_rank (20) > rank (16)" in result["invalid"]["error"]
     assert "min_rank (20) > rank (16)" in result["applyInvalid"]["error"]
     train_id = ui.page.evaluate("() => app.graph.nodes.find((n) => n.type === 'TLoRA_Train').id")
     node_screenshot(ui, train_id, SHOTS / "plot_invalid_widgets.png")
+
+    # min_rank = rank: a constant rank, said so
+    set_widgets(ui, train_id, min_rank=16)
+    last = shown(ui, train_id)
+    assert last["constant"] and (last["first"], last["last"]) == (16, 16), last
+
+    # recipe 'family reference' (a new node's default): the node's rank widgets are not what trains,
+    # and before a run nobody knows the MODEL's family: both plots name each family's recipe instead
+    set_widgets(ui, train_id, recipe="family reference")
+    check_reference_panel(shown(ui, train_id), 2.0)
+    apply_on = ui.page.evaluate("() => app.graph.nodes.find((n) => n.type === 'TLoRA_Apply' && n.title.endsWith('schedule on')).id")
+    last = shown(ui, apply_on)
+    check_reference_panel(last, 2.0)
+    assert last["source"] == f"from T-LoRA Train #{train_id} · family reference", last
+    node_screenshot(ui, train_id, SHOTS / "plot_family_reference.png")
 
     # a T-LoRA Load whose file isn't there: the Apply plot says so (from GET /tlora/info)
     apply_id = ui.page.evaluate(
@@ -278,15 +338,18 @@ def test_live_loss_curve_follows_a_real_training_run(ui, request):
           latent.widgets.find((w) => w.name === "height").value = 64;
           const train = add("TLoRA_Train", [420, 40]);
           const set = (name, value) => { train.widgets.find((w) => w.name === name).value = value; };
+          // recipe: a new node's default, "family reference": these values are not what trains
           set("steps", steps); set("rank", 4); set("min_rank", 2); set("variant", "Vanilla T-LoRA");
           set("learning_rate", 0.001); set("save_every", 0); set("filename_prefix", "e2e/browser");
-          set("gradient_checkpointing", false); set("seed", 3);
+          set("gradient_checkpointing", false); set("seed", 3); set("schedule_power", 2.0);
           loader.connect(0, train, 0); latent.connect(0, train, 1); cond.connect(0, train, 2);
-          app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
-          await app.queuePrompt(0);
         }""",
         [TINY_UNET, steps],
     )
+    train_id = ui.page.evaluate("() => app.graph.nodes.find((n) => n.type === 'TLoRA_Train').id")
+    before = shown(ui, train_id)  # before the run: each family's recipe
+    check_reference_panel(before, 2.0)
+    ui.page.evaluate("async () => { app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0]; await app.queuePrompt(0); }")
     ui.page.wait_for_function(
         """(steps) => { const n = app.graph.nodes.find((n) => n.type === "TLoRA_Train");
                         return n?.tloraSaved && n.tloraLoss?.losses.length === steps; }""",
@@ -303,6 +366,35 @@ def test_live_loss_curve_follows_a_real_training_run(ui, request):
     assert state["saved"].startswith("e2e/browser_") and (loras_dir(comfy_session) / state["saved"]).exists()
     assert state["height"] >= state["needed"]  # the node grew to show the curve
     node_screenshot(ui, state["id"], SHOTS / "live_loss_curve.png")
+
+    # after the run: the schedule it trained (the tiny UNet is an SD2: the SD-XL paper recipe's
+    # T-LoRA 64 -> 32, at the node's schedule_power), not the node's rank 4 / min_rank 2 / Vanilla
+    as_trained = "as trained: SD-XL paper recipe, T-LoRA on SD2"
+    last = shown(ui, train_id)
+    assert (last["rank"], last["minRank"], last["power"], last["first"], last["last"]) == (64, 32, 2.0, 64, 32), last
+    assert (last["trained"], last["source"]) == ("SD-XL paper recipe", as_trained), last
+    # a Timestep-Aware Apply fed by it shows the same
+    apply_id = ui.page.evaluate(
+        """() => { const train = app.graph.nodes.find((n) => n.type === "TLoRA_Train");
+                   const loader = app.graph.nodes.find((n) => n.type === "UNETLoader");
+                   const apply = LiteGraph.createNode("TLoRA_Apply"); apply.pos = [900, 40]; app.graph.add(apply);
+                   loader.connect(0, apply, 0); train.connect(1, apply, apply.inputs.findIndex((i) => i.name === "tlora"));
+                   return apply.id; }"""
+    )
+    last = shown(ui, apply_id)
+    assert (last["rank"], last["minRank"], last["power"]) == (64, 32, 2.0), last
+    assert last["source"] == f"from T-LoRA Train #{train_id} · {as_trained}", last
+    # 'custom' would train the widgets: the plot follows them
+    set_widgets(ui, train_id, recipe="custom")
+    last = shown(ui, train_id)
+    assert (last["rank"], last["minRank"], last["power"], last["trained"]) == (4, 2, 2.0, None), last
+    assert last["source"] == "custom: this node's widgets"
+    # back at the reference: the run's schedule again, and a schedule_power changed since is said to be the next run's
+    set_widgets(ui, train_id, recipe="family reference", schedule_power=1.5)
+    last = shown(ui, train_id)
+    assert (last["rank"], last["minRank"], last["power"]) == (64, 32, 2.0), last
+    assert last["source"] == f"{as_trained} · next run p 1.5", last
+    node_screenshot(ui, train_id, SHOTS / "plot_as_trained.png")
 
 
 def test_the_checks_see_a_missing_node_and_a_bad_widget_value(ui):

@@ -1,5 +1,6 @@
-"""GET /tlora/info (nodes/routes.py): the schedule of a file in the loras folder, for the
-frontend's Timestep-Aware Apply plot, read from the safetensors header only."""
+"""The frontend's routes (nodes/routes.py): GET /tlora/info, the schedule of a file in the loras
+folder for the Timestep-Aware Apply plot, read from the safetensors header only; GET
+/tlora/recipes, what T-LoRA Train's family reference recipe trains each family with."""
 
 from __future__ import annotations
 
@@ -56,3 +57,25 @@ def test_bad_names_get_a_clear_error(comfy, name, status):
     (loras_dir(comfy) / "broken.safetensors").write_bytes(b"not a safetensors file")
     got, body = info(comfy, name)
     assert got == status and body["error"].startswith("T-LoRA: "), body
+
+
+def test_recipes_names_each_familys_reference_recipe(comfy):
+    """What T-LoRA Train's plot shows under recipe 'family reference' before a run (the table
+    itself is checked in tests/nodes/test_train_trust.py)."""
+    bodies = []
+    for prefix in ("", "/api"):
+        status, body = comfy.request("GET", f"{prefix}/tlora/recipes")
+        assert status == 200, body
+        bodies.append(json.loads(body))
+    assert bodies[0] == bodies[1]
+    body = bodies[0]
+    assert (body["reference"], body["custom"]) == ("family reference", "custom")
+    shown = {e["name"]: (e["variant_label"], e["rank"], e["min_rank"], e["optimizer"], e["learning_rate"], e["others"])
+             for e in body["recipes"]}
+    assert shown == {
+        "SD-XL paper recipe": ("T-LoRA", 64, 32, "AdamW", 1e-4, False),
+        "FLUX.1 reference recipe": ("Vanilla T-LoRA", 32, 1, "Prodigy", 1.0, True),
+    }
+    families = {e["name"]: e["families"] for e in body["recipes"]}
+    assert {"SD1.5", "SD2", "SDXL"} <= set(families["SD-XL paper recipe"])
+    assert {"FLUX.1", "SD3 / SD3.5", "Wan 2.1 / Wan 2.2 A14B"} <= set(families["FLUX.1 reference recipe"])

@@ -71,6 +71,11 @@ def test_train_apply_sample_graph_saves_adapter_and_latent_and_reports_progress(
     events = run.of_type("tlora.train.progress")
     assert [e["step"] for e in events] == list(range(1, steps + 1))
     assert all(e["node"] == "train" and e["steps"] == steps and math.isfinite(e["loss"]) for e in events)
+    # and the schedule the run trains, which the plot draws "as trained" (an API graph without `recipe`: the node's values)
+    schedule = {"recipe": "custom", "choice": "custom", "family": "SD2", "variant": "tlora", "variant_label": "T-LoRA",
+                "rank": 4, "min_rank": 2, "schedule_power": 1.0}
+    assert all(e["schedule"] == schedule for e in events)
+    assert run.outputs("train")["tlora_schedule"] == [schedule]
     # the sampler's progress follows
     sampler_bar = [m["value"] for m in run.of_type("progress") if m["node"] == "sampler"]
     assert sampler_bar[0] == 1 and sampler_bar[-1] == 4 and sampler_bar == sorted(set(sampler_bar)), sampler_bar
@@ -115,6 +120,10 @@ def test_same_graph_queued_twice_is_cached_not_retrained_and_files_stay(comfy, t
     assert "train" in again.cached_nodes()
     assert not again.of_type("tlora.train.progress"), "T-LoRA Train ran again"
     assert again.outputs("train")["tlora_saved"] == ["e2e/run_00001_.safetensors"]
+    # the cached result tells the frontend again what was trained (the plot's "as trained"): its
+    # "executed" message carries the node's UI output, as the run's did
+    executed = [m["output"] for m in again.of_type("executed") if m["node"] == "train"]
+    assert [out["tlora_schedule"] for out in executed] == [first.outputs("train")["tlora_schedule"]]
     assert snapshot(loras_dir(comfy)) == before
     assert read_latent(comfy, again.outputs("save")["latents"][0]).equal(read_latent(comfy, first.outputs("save")["latents"][0]))
 

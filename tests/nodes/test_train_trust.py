@@ -314,6 +314,48 @@ def test_sd_reference_recipe_is_the_papers(tiny, helpers, loras_dir):
         "adamw", "0.0001", "none", "0..999", "prompt")
 
 
+def test_the_run_tells_the_frontend_the_schedule_it_trained(tiny, helpers, loras_dir):
+    """The UI output's tlora_schedule (which the schedule plot draws as "as trained"): under the
+    family reference, the recipe's rank / min_rank / variant, not the node's; the node's
+    schedule_power either way; 'custom': the node's values."""
+    out = train_all(helpers, tiny, tiny.build("sd15"), "sd15", steps=1, recipe="family reference", schedule_power=2.0)
+    assert out.ui["tlora_schedule"] == [{
+        "recipe": "SD-XL paper recipe", "choice": "family reference", "family": "SD1.5", "variant": "tlora",
+        "variant_label": "T-LoRA", "rank": 64, "min_rank": 32, "schedule_power": 2.0,
+    }]
+    config = out[1].config  # what was trained says the same
+    assert (config.variant, config.rank, config.min_rank, config.schedule_power) == ("tlora", 64, 32, 2.0)
+    out = train_all(helpers, tiny, tiny.build("sd15"), "sd15", steps=1, recipe="custom", rank=6, min_rank=6)
+    assert out.ui["tlora_schedule"] == [{
+        "recipe": "custom", "choice": "custom", "family": "SD1.5", "variant": "vanilla",
+        "variant_label": "Vanilla T-LoRA", "rank": 6, "min_rank": 6, "schedule_power": 1.0,
+    }]
+
+
+def test_family_recipes_name_every_family_under_the_recipe_it_trains_with():
+    """GET /tlora/recipes' answer: one entry per reference recipe; every family of the table in
+    exactly the entry of its own recipe; models outside the table under the default one."""
+    from tlora_nodes.nodes import model_kinds, recipe
+
+    table = recipe.family_recipes()
+    assert (table["reference"], table["custom"]) == ("family reference", "custom") == tuple(recipe.CHOICES)
+    by_name = {entry["name"]: entry for entry in table["recipes"]}
+    assert len(by_name) == len(table["recipes"]) == 2
+    sd, flux = by_name["SD-XL paper recipe"], by_name["FLUX.1 reference recipe"]
+    # SPEC §5: the paper's SD-XL recipe; the reference FLUX code's
+    assert (sd["variant"], sd["variant_label"], sd["rank"], sd["min_rank"], sd["optimizer"], sd["learning_rate"],
+            sd["max_grad_norm"], sd["others"]) == ("tlora", "T-LoRA", 64, 32, "AdamW", 1e-4, None, False)
+    assert (flux["variant"], flux["variant_label"], flux["rank"], flux["min_rank"], flux["optimizer"],
+            flux["learning_rate"], flux["max_grad_norm"], flux["others"]) == (
+        "vanilla", "Vanilla T-LoRA", 32, 1, "Prodigy", 1.0, 1.0, True)
+    assert sd["families"] == ["SD1.5", "SD2", "SDXL", "SSD-1B", "Segmind Vega", "KOALA 700M", "KOALA 1B"]
+    listed = [family for entry in table["recipes"] for family in entry["families"]]
+    assert sorted(listed) == sorted(kind.label for kind in model_kinds.KINDS)  # each once
+    for kind in model_kinds.KINDS:
+        entry = next(e for e in table["recipes"] if kind.label in e["families"])
+        assert (entry["name"], entry["rank"], entry["min_rank"]) == (kind.recipe.name, kind.recipe.rank, kind.recipe.min_rank)
+
+
 def strip_recipe(path):
     """The checkpoint as T-LoRA Train wrote it before the recipe was recorded."""
     from safetensors import safe_open

@@ -1,10 +1,20 @@
 // T-LoRA frontend niceties (optional: every node works without this file).
 //
-// - T-LoRA Train: a plot of the rank schedule r(t) over t in [0, 1000) from its rank / min_rank /
-//   schedule_power widgets, redrawn as they change; while it trains, a live loss curve from the
-//   node's "tlora.train.progress" websocket events ({node, step, steps, loss}).
-// - Timestep-Aware Apply: the same plot for the T-LoRA on its "tlora" input: the widgets of a
-//   connected T-LoRA Train, or the file behind a connected T-LoRA Load (GET /tlora/info reads
+// - T-LoRA Train: a plot of the rank schedule r(t) over t in [0, 1000) that the node trains, with a
+//   line saying where it comes from. Which one depends on its `recipe`:
+//     custom            its rank / min_rank / schedule_power widgets, redrawn as they change;
+//     family reference  the MODEL's family decides rank and min_rank (and the variant) when the
+//                       graph runs, which the frontend can't know before: the plot names each
+//                       family's recipe (GET /tlora/recipes, built from nodes/model_kinds.py) with a
+//                       small curve each at the node's schedule_power; once the node has started
+//                       training (or sent a cached result), the schedule that run used, labelled
+//                       "as trained: <recipe>", from the `schedule` of its progress events and the
+//                       `tlora_schedule` of its UI output (nodes/recipe.py schedule_facts).
+//   min_rank = rank is drawn as what it is, a constant rank (no schedule); Vanilla T-LoRA is
+//   masked by the same schedule as T-LoRA. While it trains, a live loss curve from the node's
+//   "tlora.train.progress" websocket events ({node, step, steps, loss, schedule}).
+// - Timestep-Aware Apply: the same plot for the T-LoRA on its "tlora" input: that of a connected
+//   T-LoRA Train (as above), or the file behind a connected T-LoRA Load (GET /tlora/info reads
 //   its header) with Load's non-zero min_rank / schedule_power overriding the file's values.
 //
 // - T-LoRA Train loaded from a workflow saved before its `recipe` input existed: recipe "custom",
@@ -22,8 +32,12 @@ const LOAD = "TLoRA_Load";
 const APPLY = "TLoRA_Apply";
 const PROGRESS_EVENT = "tlora.train.progress";
 const WIDGET_TYPE = "tlora_plot";
-const PLOT_HEIGHT = 146; // + SOURCE_LINE on Timestep-Aware Apply, which names where its schedule comes from
-const SOURCE_LINE = 16;
+const CUSTOM = "custom"; // T-LoRA Train's recipe value for its own widgets (a saved value: never changes)
+// the schedule panel; its bottom SOURCE_AREA holds up to two lines that say where the schedule comes
+// from (the height Timestep-Aware Apply's panel had with one line: shipped workflows' layouts keep)
+const PLOT_HEIGHT = 162;
+const SOURCE_AREA = 28;
+const MIN_WIDTH = 340;
 const LOSS_HEIGHT = 104;
 const MARGIN = 12;
 const COLORS = {
@@ -41,16 +55,17 @@ const COLORS = {
 
 // -- where a node's schedule comes from -------------------------------------------------------------
 const widgetValue = (node, name) => node?.widgets?.find((w) => w.name === name)?.value;
-const fileInfo = new Map(); // lora_name -> {state: "loading" | "ok" | "error", info?, error?, at}
+const served = new Map(); // route path -> {state: "loading" | "ok" | "error", info?, error?, at}
 const RETRY_MS = 5000; // a missing file may appear (a training run finishing): ask again
 
-function requestInfo(name) {
-  let entry = fileInfo.get(name);
+/** The answer of one of the pack's GET routes (nodes/routes.py), asked once and redrawn when it comes. */
+function request(path) {
+  let entry = served.get(path);
   if (entry && !(entry.state === "error" && Date.now() - entry.at > RETRY_MS)) return entry;
   entry = { state: "loading", at: Date.now() };
-  fileInfo.set(name, entry);
+  served.set(path, entry);
   api
-    .fetchApi(`/tlora/info?name=${encodeURIComponent(name)}`)
+    .fetchApi(path)
     .then(async (response) => {
       const body = await response.json().catch(() => ({}));
       if (response.ok) Object.assign(entry, { state: "ok", info: body });
@@ -60,6 +75,11 @@ function requestInfo(name) {
     .finally(() => app.graph?.setDirtyCanvas(true, false));
   return entry;
 }
+
+const infoPath = (name) => `/tlora/info?name=${encodeURIComponent(name)}`;
+const requestInfo = (name) => request(infoPath(name));
+const requestRecipes = () => request("/tlora/recipes"); // the same for every node and every MODEL
+const formatPower = (p) => Number(p).toFixed(2).replace(/\.?0+$/, "");
 
 /** The node feeding input `name` of `node`, through legacy Reroute nodes. */
 function upstream(node, name) {
@@ -75,13 +95,26 @@ function upstream(node, name) {
   return null;
 }
 
+/** What T-LoRA Train `node` trains (see the header); `how` says where that comes from. */
 function fromTrain(node) {
-  return {
-    rank: widgetValue(node, "rank"),
-    minRank: widgetValue(node, "min_rank"),
-    power: widgetValue(node, "schedule_power"),
-    source: `from T-LoRA Train #${node.id}`,
-  };
+  const power = widgetValue(node, "schedule_power");
+  const recipe = widgetValue(node, "recipe") ?? CUSTOM;
+  if (recipe === CUSTOM) {
+    return { rank: widgetValue(node, "rank"), minRank: widgetValue(node, "min_rank"), power, how: "custom: this node's widgets" };
+  }
+  const trained = node.tloraTrained;
+  if (trained && trained.choice === recipe) {
+    // the last run's schedule exactly; a schedule_power changed since applies from the next run
+    const next = trained.schedule_power !== power ? ` · next run p ${formatPower(power)}` : "";
+    return {
+      rank: trained.rank,
+      minRank: trained.min_rank,
+      power: trained.schedule_power,
+      trained: trained.recipe,
+      how: `as trained: ${trained.recipe}, ${trained.variant_label} on ${trained.family}${next}`,
+    };
+  }
+  return { reference: true, power, how: recipe };
 }
 
 function fromLoad(node) {
@@ -100,12 +133,18 @@ function fromLoad(node) {
   };
 }
 
-/** {rank, minRank, power, source} or {message, error?} for a node with a plot. */
+/** {rank, minRank, power, source}, {reference, power, source} or {message, error?} for a node with a plot. */
 export function scheduleFor(node) {
-  if (node.comfyClass === TRAIN) return { ...fromTrain(node), source: "" };
+  if (node.comfyClass === TRAIN) {
+    const s = fromTrain(node);
+    return { ...s, source: s.reference ? "rank, min_rank, variant, learning_rate and optimizer here apply only with recipe 'custom'" : s.how };
+  }
   const source = upstream(node, "tlora");
   if (!source) return { message: "connect a T-LoRA Train or T-LoRA Load" };
-  if (source.comfyClass === TRAIN) return fromTrain(source);
+  if (source.comfyClass === TRAIN) {
+    const s = fromTrain(source);
+    return { ...s, source: `from T-LoRA Train #${source.id} · ${s.how}` };
+  }
   if (source.comfyClass === LOAD) return fromLoad(source);
   return { message: `schedule unknown for ${source.type}` };
 }
@@ -130,11 +169,11 @@ function text(ctx, str, x, y, { color = COLORS.text, align = "left", size = 11, 
   ctx.fillText(str, x, y);
 }
 
-const scheduleHeight = (node) => PLOT_HEIGHT + (node.comfyClass === APPLY ? SOURCE_LINE : 0);
+const scheduleHeight = () => PLOT_HEIGHT;
 
-/** Words of `str` in lines no wider than `width` (at the 11px font `text` uses). */
-function wrap(ctx, str, width) {
-  ctx.font = "11px Inter, Arial, sans-serif";
+/** Words of `str` in lines no wider than `width` (at the font `text` uses for `size`). */
+function wrap(ctx, str, width, { size = 11, bold = false } = {}) {
+  ctx.font = `${bold ? "bold " : ""}${size}px Inter, Arial, sans-serif`;
   const lines = [];
   let line = "";
   for (const word of str.split(/\s+/)) {
@@ -148,6 +187,91 @@ function wrap(ctx, str, width) {
   return lines;
 }
 
+/** `str` in at most `max` lines no wider than `width`, the last ending in "…" when cut. */
+function clip(ctx, str, width, max, style = {}) {
+  const lines = wrap(ctx, str, width, style);
+  if (lines.length <= max) return lines;
+  const kept = lines.slice(0, max);
+  let last = `${kept[max - 1]} …`;
+  while (last.length > 2 && ctx.measureText(last).width > width) last = `${last.slice(0, -3).trimEnd()} …`;
+  kept[max - 1] = last;
+  return kept;
+}
+
+function drawSource(ctx, str, x0, w, y, height) {
+  const lines = clip(ctx, str, w - 16, 2, { size: 10 });
+  const first = y + height - (lines.length > 1 ? 26 : 20);
+  lines.forEach((line, i) => text(ctx, line, x0 + w / 2, first + 12 * i, { align: "center", size: 10 }));
+}
+
+function centredMessage(ctx, str, color, x0, w, y, h) {
+  const lines = wrap(ctx, str.replace(/^T-LoRA: /, ""), w - 24).slice(0, 4);
+  lines.forEach((line, i) => text(ctx, line, x0 + w / 2, y + 4 + h / 2 + 6 + (i - (lines.length - 1) / 2) * 15, { color, align: "center" }));
+}
+
+/** r(t) of one recipe, scaled into a small box (its own rank is the box's top). */
+function sparkline(ctx, ranks, rank, x, y, w, h) {
+  ctx.strokeStyle = COLORS.border;
+  ctx.lineWidth = 1;
+  ctx.strokeRect(x, y, w, h);
+  ctx.beginPath();
+  for (let t = 0; t < NUM_TIMESTEPS; t += 4) {
+    const px = x + (w * t) / NUM_TIMESTEPS;
+    const py = y + h - (h * ranks[t]) / rank;
+    if (t) ctx.lineTo(px, py);
+    else ctx.moveTo(px, py);
+  }
+  ctx.lineTo(x + w, y + h - (h * ranks[NUM_TIMESTEPS - 1]) / rank);
+  ctx.strokeStyle = COLORS.curve;
+  ctx.lineWidth = 1.5;
+  ctx.stroke();
+}
+
+/** Recipe "family reference" before a run: what each family trains, at this node's power. */
+function drawReference(ctx, widget, s, x0, w, y, height) {
+  const h = PLOT_HEIGHT - SOURCE_AREA;
+  const titleY = y + 17;
+  text(ctx, "rank schedule r(t)", x0 + 8, titleY, { bold: true });
+  const table = requestRecipes();
+  if (table.state !== "ok") {
+    const error = table.state === "error";
+    widget.last = error ? { error: table.error } : { reference: true, loading: true };
+    centredMessage(ctx, error ? table.error : "reading the family recipes …", error ? COLORS.error : COLORS.muted, x0, w, y, h);
+    if (s.source) drawSource(ctx, s.source, x0, w, y, height);
+    return;
+  }
+  const problem = scheduleProblem(1, 1, s.power);
+  if (problem) {
+    widget.last = { error: problem };
+    centredMessage(ctx, problem, COLORS.error, x0, w, y, h);
+    if (s.source) drawSource(ctx, s.source, x0, w, y, height);
+    return;
+  }
+  text(ctx, `set by the MODEL's family · p ${formatPower(s.power)}`, x0 + w - 8, titleY, { align: "right", color: COLORS.muted, size: 10 });
+  const shown = [];
+  const left = x0 + 62;
+  const width = x0 + w - 8 - left;
+  const bottom = y + PLOT_HEIGHT - SOURCE_AREA - 2; // the last line's centre
+  let cursor = y + 34;
+  // "every other family" reads right only after the families named before it
+  for (const recipe of [...table.info.recipes].sort((a, b) => a.others - b.others)) {
+    const listed = recipe.families.join(", ");
+    const families = recipe.others ? `every other family${listed ? `: ${listed}` : ""}` : listed;
+    const familyLines = clip(ctx, families, width, 2, { size: 10 });
+    if (cursor + 12 * (1 + familyLines.length) > bottom) break; // a table longer than the panel: the rest unsaid
+    const ranks = rankSchedule(recipe.rank, recipe.min_rank, s.power);
+    sparkline(ctx, ranks, recipe.rank, x0 + 10, cursor - 6, 44, 26);
+    text(ctx, clip(ctx, recipe.name, width, 1, { bold: true })[0], left, cursor, { color: COLORS.curve, bold: true });
+    const shape = recipe.rank === recipe.min_rank ? `rank ${recipe.rank}, constant` : `${recipe.rank} → ${recipe.min_rank}`;
+    text(ctx, `${recipe.variant_label} ${shape} · ${recipe.optimizer} lr ${recipe.learning_rate}`, left, cursor + 12, { size: 10 });
+    familyLines.forEach((line, i) => text(ctx, line, left, cursor + 24 + 12 * i, { color: COLORS.muted, size: 10 }));
+    shown.push({ name: recipe.name, variant: recipe.variant, rank: recipe.rank, minRank: recipe.min_rank, families: recipe.families, others: recipe.others });
+    cursor += 12 * (2 + familyLines.length) + 4;
+  }
+  widget.last = { reference: true, power: s.power, source: s.source, recipes: shown, complete: shown.length === table.info.recipes.length };
+  if (s.source) drawSource(ctx, s.source, x0, w, y, height);
+}
+
 function drawSchedule(ctx, widget, node, width, y) {
   const x0 = MARGIN;
   const w = width - 2 * MARGIN;
@@ -155,25 +279,30 @@ function drawSchedule(ctx, widget, node, width, y) {
   const h = height - 8;
   panel(ctx, x0, y + 4, w, h);
   const s = scheduleFor(node);
+  if (s.reference) return drawReference(ctx, widget, s, x0, w, y, height);
   const problem = s.message ?? scheduleProblem(s.rank, s.minRank, s.power);
   const titleY = y + 17;
   text(ctx, "rank schedule r(t)", x0 + 8, titleY, { bold: true });
   if (problem) {
     widget.last = { error: problem };
-    const color = s.message && !s.error ? COLORS.muted : COLORS.error;
-    const lines = wrap(ctx, problem.replace(/^T-LoRA: /, ""), w - 24).slice(0, 4);
-    lines.forEach((line, i) => text(ctx, line, x0 + w / 2, y + 4 + h / 2 + 6 + (i - (lines.length - 1) / 2) * 15, { color, align: "center" }));
+    centredMessage(ctx, problem, s.message && !s.error ? COLORS.muted : COLORS.error, x0, w, y, PLOT_HEIGHT - SOURCE_AREA);
+    if (s.source && s.message === undefined) drawSource(ctx, s.source, x0, w, y, height);
     return;
   }
   const ranks = rankSchedule(s.rank, s.minRank, s.power);
-  widget.last = { rank: s.rank, minRank: s.minRank, power: s.power, source: s.source, first: ranks[0], last: ranks[NUM_TIMESTEPS - 1] };
-  text(ctx, `${s.rank} → ${s.minRank} · p ${Number(s.power).toFixed(2).replace(/\.?0+$/, "")}`, x0 + w - 8, titleY, { align: "right", color: COLORS.curve, bold: true });
+  const constant = s.rank === s.minRank;
+  widget.last = {
+    rank: s.rank, minRank: s.minRank, power: s.power, source: s.source, trained: s.trained ?? null, constant,
+    first: ranks[0], last: ranks[NUM_TIMESTEPS - 1],
+  };
+  const shape = constant ? `rank ${s.rank}, constant: no schedule` : `${s.rank} → ${s.minRank} · p ${formatPower(s.power)}`;
+  text(ctx, shape, x0 + w - 8, titleY, { align: "right", color: COLORS.curve, bold: true });
 
   // plot area: y in [0, rank], x = timestep 0 .. 999 (noise rises to the right)
   const left = x0 + 34;
   const right = x0 + w - 12;
   const top = y + 32;
-  const bottom = y + PLOT_HEIGHT - 40;  // the source line, if any, goes below the axis
+  const bottom = y + PLOT_HEIGHT - SOURCE_AREA - 40; // the axis labels go below, then the source
   const px = (t) => left + ((right - left) * t) / NUM_TIMESTEPS;
   const py = (r) => bottom - ((bottom - top) * r) / s.rank;
 
@@ -215,7 +344,7 @@ function drawSchedule(ctx, widget, node, width, y) {
   text(ctx, "500", px(500), labelY, { color: COLORS.muted, align: "center" });
   text(ctx, "999", right, labelY, { color: COLORS.muted, align: "right" });
   text(ctx, "timestep t: low noise → high noise", px(500), labelY + 13, { color: COLORS.muted, align: "center", size: 10 });
-  if (s.source) text(ctx, s.source, x0 + w / 2, y + height - 14, { color: COLORS.text, align: "center", size: 10 });
+  if (s.source) drawSource(ctx, s.source, x0, w, y, height);
 }
 
 function drawLoss(ctx, node, width, y) {
@@ -273,7 +402,7 @@ function addPlot(node) {
     },
   };
   node.addCustomWidget(widget);
-  node.setSize([Math.max(node.size[0], 300), Math.max(node.size[1], node.computeSize()[1])]);
+  node.setSize([Math.max(node.size[0], MIN_WIDTH), Math.max(node.size[1], node.computeSize()[1])]);
 }
 
 function fitHeight(node) {
@@ -300,6 +429,7 @@ function onProgress({ detail }) {
     run = node.tloraLoss = { steps: detail.steps, losses: [] };
     node.tloraSaved = null;
   }
+  if (detail.schedule) node.tloraTrained = detail.schedule; // from the first step: what this run trains
   run.steps = detail.steps;
   run.losses.push({ step: detail.step, loss: detail.loss });
   if (run.losses.length > 4000) run.losses = run.losses.filter((_, i) => i % 2 === 0); // keep drawing cheap
@@ -320,27 +450,33 @@ app.registerExtension({
       addPlot(this);
       return result;
     };
-    if (nodeData.name === TRAIN) {
-      // A workflow saved before T-LoRA Train had its `recipe` widget meant the values set on the
-      // node: keep them ("custom") rather than the family reference a new node starts with.
-      const onConfigure = nodeType.prototype.onConfigure;
-      nodeType.prototype.onConfigure = function (info) {
-        const result = onConfigure?.apply(this, arguments);
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function (info) {
+      const result = onConfigure?.apply(this, arguments);
+      if (nodeData.name === TRAIN) {
+        // A workflow saved before T-LoRA Train had its `recipe` widget meant the values set on the
+        // node: keep them ("custom") rather than the family reference a new node starts with.
         const saved = this.widgets?.filter((w) => w.serialize !== false && w.options?.serialize !== false) ?? [];
         const position = saved.findIndex((w) => w.name === "recipe");
         const recipe = saved[position];
-        if (recipe && Array.isArray(info?.widgets_values) && info.widgets_values.length <= position) recipe.value = "custom";
-        return result;
-      };
+        if (recipe && Array.isArray(info?.widgets_values) && info.widgets_values.length <= position) recipe.value = CUSTOM;
+      }
+      fitHeight(this); // a size saved when the plot was shorter
+      return result;
+    };
+    if (nodeData.name === TRAIN) {
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (output) {
         onExecuted?.apply(this, arguments);
         const saved = output?.tlora_saved?.[0];
         if (saved) {
           this.tloraSaved = saved;
-          fileInfo.delete(saved);
-          this.setDirtyCanvas(true, false);
+          served.delete(infoPath(saved));
         }
+        // also sent for a cached result, which ran no step this time
+        const schedule = output?.tlora_schedule?.[0];
+        if (schedule) this.tloraTrained = schedule;
+        if (saved || schedule) this.setDirtyCanvas(true, false);
       };
     }
   },
