@@ -299,9 +299,9 @@ def wan_train_and_sample():
         node("train", "TLoRA_Train", [860, 540], TRAIN_WAN, size=[360, None]),
         node("loss", "LossGraphNode", [860, 1450], {"filename_prefix": "tlora_sks_dog_wan_loss"}, size=[360, 60]),
         node("apply", "TLoRA_Apply", [1260, 40], {"strength_model": 1.0}, size=[380, None]),
-        node("clip_prompt", "CLIPTextEncode", [1260, 260], {"text": PROMPT_D}, title="clip prompt", size=[380, 110], color="green"),
-        node("negative", "CLIPTextEncode", [1260, 410], {"text": NEGATIVE_VIDEO}, title="negative", size=[380, 90], color="red"),
-        node("latent", "EmptyHunyuanLatentVideo", [1260, 540], {"width": 832, "height": 480, "length": 33, "batch_size": 1},
+        node("clip_prompt", "CLIPTextEncode", [1260, 300], {"text": PROMPT_D}, title="clip prompt", size=[380, 110], color="green"),
+        node("negative", "CLIPTextEncode", [1260, 450], {"text": NEGATIVE_VIDEO}, title="negative", size=[380, 90], color="red"),
+        node("latent", "EmptyHunyuanLatentVideo", [1260, 580], {"width": 832, "height": 480, "length": 33, "batch_size": 1},
              title="Empty video latent (Wan 2.1)", size=[380, 130]),
         node("sampler", "KSampler", [1680, 40], SAMPLER_WAN, size=[300, 262]),
         node("decode", "VAEDecode", [1680, 340], size=[300, 50]),
@@ -321,7 +321,7 @@ def wan_train_and_sample():
     ]
     groups = [
         ("1 · Train a T-LoRA on one image (a one-frame video)", [480, 450, 760, 1090], "#3f789e"),
-        ("2 · Sample a clip with Timestep-Aware Apply", [1240, -30, 1280, 730], "#8A8"),
+        ("2 · Sample a clip with Timestep-Aware Apply", [1240, -30, 1280, 770], "#8A8"),
     ]
     return nodes, links, groups
 
