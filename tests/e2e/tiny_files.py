@@ -61,7 +61,7 @@ WAN_TEXT_WIDTH = 1024
 
 
 def write_tiny_wan(path: Path, seed: int = 0) -> Path:
-    """~1M parameters, float32. ComfyUI detects the head count as width // 128 and the text width
+    """~0.5M parameters, float32. ComfyUI detects the head count as width // 128 and the text width
     only from the metadata's config."""
     from tests.nodes import tiny
 
@@ -74,7 +74,7 @@ def write_tiny_wan(path: Path, seed: int = 0) -> Path:
 
 def write_tiny_wan_vae(path: Path, width: int = 16, seed: int = 0) -> Path:
     """A Wan 2.1 VAE (16 latent channels, 8x spatial and 4x temporal compression) of the given
-    width, ~0.4M parameters at 16. ComfyUI's layers skip initialisation: every weight is set here,
+    width, ~3.6M parameters at 16. ComfyUI's layers skip initialisation: every weight is set here,
     the RMS norms' scales to one."""
     import comfy.ldm.wan.vae
 
