@@ -24,12 +24,20 @@ WORKFLOWS = REPO / "workflows"
 SDXL = "sd_xl_base_1.0.safetensors"
 LORA_FROM_A = "tlora/sks_dog_00001_.safetensors"  # what train_from_one_image writes first
 HF = "https://huggingface.co"
+WAN = "wan2.1_t2v_1.3B_fp16.safetensors"
+UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
+WAN_REPACKAGED = f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 MODELS = {
     SDXL: ("checkpoints", f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
     "flux1-dev.safetensors": ("diffusion_models", f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors"),
     "ae.safetensors": ("vae", f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors"),
     "clip_l.safetensors": ("text_encoders", f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"),
     "t5xxl_fp16.safetensors": ("text_encoders", f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"),
+    # the addresses ComfyUI's own Wan 2.1 text-to-video template gives (comfyui_workflow_templates)
+    WAN: ("diffusion_models", f"{WAN_REPACKAGED}/diffusion_models/{WAN}"),
+    UMT5: ("text_encoders", f"{WAN_REPACKAGED}/text_encoders/{UMT5}"),
+    WAN_VAE: ("vae", f"{WAN_REPACKAGED}/vae/{WAN_VAE}"),
 }
 SAMPLER_SDXL = dict(seed=42, control_after_generate="fixed", steps=25, cfg=7.0, sampler_name="euler", scheduler="ddim_uniform", denoise=1.0)
 SAMPLER_FLUX = dict(seed=42, control_after_generate="fixed", steps=20, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
@@ -241,10 +249,88 @@ def flux_train_and_sample():
     return nodes, links, groups
 
 
+# -- (d) Wan 2.1 T2V 1.3B: train on one image, sample a clip ------------------------------------------------
+NOTE_D = f"""## T-LoRA on Wan 2.1 (text-to-video 1.3B): a subject from one image, then a clip
+
+1. **Load Image**: your photo of the subject. It is scaled to ~0.4 megapixels (the 1.3B model
+   works at 480p) and VAE-encoded into a one-frame video latent: one image is enough.
+2. **prompt (training)**: `a photo of sks <class>`.
+3. Queue. T-LoRA Train uses Wan's *family reference* recipe (the reference's transformer recipe:
+   **Vanilla T-LoRA**, rank 32, min_rank 1, Prodigy with learning rate 1.0, gradient clipping 1),
+   500 steps, and writes `models/loras/tlora/sks_dog_wan_00001_.safetensors`.
+4. **Timestep-Aware Apply** puts the trained T-LoRA on the model (after ModelSamplingSD3 shift 8,
+   as ComfyUI's Wan templates sample): few rank components at high noise (layout and motion stay
+   free), all of them at low noise (the subject's details). KSampler (30 steps, uni_pc, cfg 6)
+   makes a 33-frame 832x480 clip, about 2 s at 16 fps, saved as an animated WEBP.
+
+The T-LoRA learns how the subject looks, not how it moves: the motion comes from the prompt.
+Longer clips: `length` 4k + 1 frames (81 = 5 s). T-LoRA Train is deterministic: queued again
+right away, ComfyUI reuses the result. Out of memory? Set `training_dtype` to bf16.
+
+**Model files**
+- `models/diffusion_models/{WAN}`
+- `models/text_encoders/{UMT5}` (CLIPLoader type `wan`)
+- `models/vae/{WAN_VAE}`
+"""
+TRAIN_WAN = dict(
+    steps=500, learning_rate=1.0, rank=32, min_rank=1, schedule_power=1.0, variant="Vanilla T-LoRA", init="last",
+    batch_size=1, seed=0, save_every=100, filename_prefix="tlora/sks_dog_wan",
+    resume_from="none", training_dtype="fp32", gradient_checkpointing=True,
+    # the family reference recipe (the node's default), with the node's own values set to the same
+    recipe="family reference", optimizer="Prodigy", expert="none",
+)
+SAMPLER_WAN = dict(seed=42, control_after_generate="fixed", steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+PROMPT_D = "a video of sks dog running on a beach at sunset, tracking camera"
+NEGATIVE_VIDEO = "static, blurry, low quality, deformed, watermark, subtitles"
+
+
+def wan_train_and_sample():
+    nodes = [
+        node("note", "MarkdownNote", [20, 20], {"text": NOTE_D}, title="Read me", size=[440, 480]),
+        node("unet", "UNETLoader", [20, 540], {"unet_name": WAN, "weight_dtype": "default"}, size=[440, 90], models=models_of(WAN)),
+        node("clip", "CLIPLoader", [20, 670], {"clip_name": UMT5, "type": "wan", "device": "default"}, size=[440, 110],
+             models=models_of(UMT5)),
+        node("vae", "VAELoader", [20, 820], {"vae_name": WAN_VAE}, size=[440, 60], models=models_of(WAN_VAE)),
+        node("image", "LoadImage", [20, 920], {"image": "sks_dog.png"}, title="Load Image (your subject)", size=[440, 420]),
+        node("shift", "ModelSamplingSD3", [500, 540], {"shift": 8.0}, size=[320, 60]),
+        node("prompt", "CLIPTextEncode", [500, 640], {"text": "a photo of sks dog"}, title="prompt (training)", size=[320, 100], color="green"),
+        node("scale", "ImageScaleToTotalPixels", [500, 920], {"upscale_method": "lanczos", "megapixels": 0.4}, size=[320, 90]),
+        node("encode", "VAEEncode", [500, 1050], size=[320, 50]),
+        node("train", "TLoRA_Train", [860, 540], TRAIN_WAN, size=[360, None]),
+        node("loss", "LossGraphNode", [860, 1450], {"filename_prefix": "tlora_sks_dog_wan_loss"}, size=[360, 60]),
+        node("apply", "TLoRA_Apply", [1260, 40], {"strength_model": 1.0}, size=[380, None]),
+        node("clip_prompt", "CLIPTextEncode", [1260, 300], {"text": PROMPT_D}, title="clip prompt", size=[380, 110], color="green"),
+        node("negative", "CLIPTextEncode", [1260, 450], {"text": NEGATIVE_VIDEO}, title="negative", size=[380, 90], color="red"),
+        node("latent", "EmptyHunyuanLatentVideo", [1260, 580], {"width": 832, "height": 480, "length": 33, "batch_size": 1},
+             title="Empty video latent (Wan 2.1)", size=[380, 130]),
+        node("sampler", "KSampler", [1680, 40], SAMPLER_WAN, size=[300, 262]),
+        node("decode", "VAEDecode", [1680, 340], size=[300, 50]),
+        node("save", "SaveAnimatedWEBP", [2020, 40], {"filename_prefix": "tlora/sks_dog_wan_clip", "fps": 16.0, "lossless": False,
+                                                     "quality": 90, "method": "default"}, size=[480, 520]),
+    ]
+    links = [
+        ("unet", 0, "shift", "model"), ("clip", 0, "prompt", "clip"),
+        ("image", 0, "scale", "image"), ("scale", 0, "encode", "pixels"), ("vae", 0, "encode", "vae"),
+        ("shift", 0, "train", "model"), ("encode", 0, "train", "latents"), ("prompt", 0, "train", "positive"),
+        ("train", 2, "loss", "loss"),
+        ("shift", 0, "apply", "model"), ("train", 1, "apply", "tlora"),
+        ("clip", 0, "clip_prompt", "clip"), ("clip", 0, "negative", "clip"),
+        ("apply", 0, "sampler", "model"), ("clip_prompt", 0, "sampler", "positive"), ("negative", 0, "sampler", "negative"),
+        ("latent", 0, "sampler", "latent_image"), ("sampler", 0, "decode", "samples"), ("vae", 0, "decode", "vae"),
+        ("decode", 0, "save", "images"),
+    ]
+    groups = [
+        ("1 · Train a T-LoRA on one image (a one-frame video)", [480, 450, 760, 1090], "#3f789e"),
+        ("2 · Sample a clip with Timestep-Aware Apply", [1240, -30, 1280, 770], "#8A8"),
+    ]
+    return nodes, links, groups
+
+
 SPECS = {
     "train_from_one_image": train_from_one_image,
     "load_and_compare": load_and_compare,
     "flux_train_and_sample": flux_train_and_sample,
+    "wan_train_and_sample": wan_train_and_sample,
 }
 
 BUILD_JS = """
@@ -311,23 +397,17 @@ def main() -> int:
     from tests.comfyui_env import find_comfyui, prepare_in_process
 
     from .browser import Frontend, missing_browser
-    from .conftest import start_server
+    from .conftest import start_server, write_model_files
 
     comfyui, why = find_comfyui()
     if comfyui is None or missing_browser():
         print(f"can't build: {why if comfyui is None else missing_browser()}", file=sys.stderr)
         return 2
     prepare_in_process(comfyui)
-    from . import tiny_files
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = {
-            "unet": tiny_files.write_tiny_unet(tmp / "unet.safetensors"),
-            "taesd": tiny_files.write_tiny_taesd(tmp / "taesd.safetensors"),
-            "png": tiny_files.write_png(tmp / "sks_dog.png"),
-        }
-        server = start_server(tmp / "base", files)
+        server = start_server(tmp / "base", write_model_files(tmp / "models"))
         try:
             with Frontend.open(server) as ui:
                 for name in SPECS:

@@ -7,10 +7,14 @@ Model files in the server's base directory (``<base>/models``):
 - ``diffusion_models/tiny_sd2_unet.safetensors``: a tiny random SD2-style UNet (tiny_files.py).
 - ``diffusion_models/flux1-dev.safetensors``: the same tiny UNet under the FLUX workflow's name.
 - ``vae/ae.safetensors``: a tiny random TAESD under the FLUX workflow's VAE name.
+- ``diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors``, ``vae/wan_2.1_vae.safetensors``: a tiny
+  random Wan 2.1 T2V model and Wan 2.1 VAE under the Wan workflow's names (tiny_files.py; only
+  ComfyUI 0.33 loads them).
 - ``checkpoints/sd_xl_base_1.0.safetensors``, ``text_encoders/clip_l.safetensors``,
-  ``text_encoders/t5xxl_fp16.safetensors``: EMPTY placeholders, so that the frontend's model
-  lists contain the names the shipped workflows use. They are never loaded: SDXL/FLUX
-  checkpoints and CLIP/T5 encoders exist only at full size (see test_workflows.py).
+  ``text_encoders/t5xxl_fp16.safetensors``, ``text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors``:
+  EMPTY placeholders, so that the frontend's model lists contain the names the shipped workflows
+  use. They are never loaded: SDXL/FLUX checkpoints and CLIP/T5/umT5 encoders exist only at full
+  size (see test_workflows.py).
 - ``input/sks_dog.png``: a 64x64 picture under the name the training workflows load.
 Server logs of failed tests are copied to ``test-artifacts/e2e/``.
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from .build_workflows import UMT5, WAN, WAN_VAE
 from .server import REPO, ComfyServer, server_pythonpath
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -31,6 +36,7 @@ PLACEHOLDERS = (
     "checkpoints/sd_xl_base_1.0.safetensors",
     "text_encoders/clip_l.safetensors",
     "text_encoders/t5xxl_fp16.safetensors",
+    f"text_encoders/{UMT5}",
 )
 
 
@@ -68,12 +74,18 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     """Tiny model files, written once per session and linked into every server's base dir."""
     pytest.importorskip("websocket", reason="websocket-client is not installed (pip install -r requirements-test.txt)")
     comfyui_path()
+    return write_model_files(tmp_path_factory.mktemp("tiny-models"))
+
+
+def write_model_files(folder: Path) -> dict[str, Path]:
+    """The tiny files populate() links into a server's base dir (ComfyUI must be importable)."""
     from . import tiny_files
 
-    folder = tmp_path_factory.mktemp("tiny-models")
     return {
         "unet": tiny_files.write_tiny_unet(folder / "tiny_sd2_unet.safetensors"),
         "taesd": tiny_files.write_tiny_taesd(folder / "tiny_taesd.safetensors"),
+        "wan": tiny_files.write_tiny_wan(folder / "tiny_wan21_t2v.safetensors"),
+        "wan_vae": tiny_files.write_tiny_wan_vae(folder / "tiny_wan21_vae.safetensors"),
         "png": tiny_files.write_png(folder / "sks_dog.png"),
     }
 
@@ -84,6 +96,8 @@ def populate(base: Path, files: dict[str, Path]) -> None:
         models / "diffusion_models" / TINY_UNET: files["unet"],
         models / "diffusion_models" / "flux1-dev.safetensors": files["unet"],
         models / "vae" / "ae.safetensors": files["taesd"],
+        models / "diffusion_models" / WAN: files["wan"],
+        models / "vae" / WAN_VAE: files["wan_vae"],
     }
     for link, target in links.items():
         link.parent.mkdir(parents=True, exist_ok=True)

@@ -220,6 +220,8 @@ def expected_plots(name: str) -> dict[str, tuple[int, int, float]]:
             "Timestep-Aware Apply · schedule off": (64, 64, 1.0),  # Load's min_rank = rank overrides it
         },
         "flux_train_and_sample": {"T-LoRA Train": (32, 1, 1.0)},
+        # the family reference recipe's values, set on the node too
+        "wan_train_and_sample": {"T-LoRA Train": (32, 1, 1.0), "Timestep-Aware Apply": (32, 1, 1.0)},
     }[name]
 
 

@@ -10,17 +10,19 @@ Two checks per workflow:
 2. The twin RUNS, with tiny models. What is substituted, and nothing else:
    - files under the exact names the workflow references, where ComfyUI detects a tiny model:
      ``flux1-dev.safetensors`` is a tiny random SD2-style UNet (UNETLoader), ``ae.safetensors``
-     a tiny random TAESD (VAELoader), ``sks_dog.png`` a 64x64 picture (LoadImage);
+     a tiny random TAESD (VAELoader), ``wan2.1_t2v_1.3B_fp16.safetensors`` and
+     ``wan_2.1_vae.safetensors`` a tiny random Wan 2.1 T2V model (text width 1024) and Wan 2.1
+     VAE (ComfyUI 0.33 only), ``sks_dog.png`` a 64x64 picture (LoadImage);
    - nodes whose models exist only at full size: CheckpointLoaderSimple (SDXL) becomes
      UNETLoader(tiny UNet) + VAELoader(tiny TAESD) wired to its MODEL and VAE outputs;
-     CLIPTextEncode (CLIP/T5) becomes the core LotusConditioning (a fixed [1, 77, 1024]
-     conditioning), so DualCLIPLoader has no consumer left and is dropped;
-   - sizes and lengths: empty latents 64x64, ImageScaleToTotalPixels 0.01 megapixels,
-     KSampler 2 steps, T-LoRA Train 3 steps;
+     CLIPTextEncode (CLIP/T5/umT5) becomes the core LotusConditioning (a fixed [1, 77, 1024]
+     conditioning), so DualCLIPLoader and CLIPLoader have no consumer left and are dropped;
+   - sizes and lengths: empty latents 64x64 (video: 5 frames), ImageScaleToTotalPixels 0.01
+     megapixels, KSampler 2 steps, T-LoRA Train 3 steps;
    - load_and_compare's T-LoRA Load reads the file the train_from_one_image run just wrote.
-   Everything else (T-LoRA Train's rank, min_rank, variant, dtype ..., Apply, FluxGuidance,
-   ConditioningZeroOut, samplers, VAE Encode/Decode, Save Image, Plot Loss Graph, the links)
-   runs as shipped.
+   Everything else (T-LoRA Train's rank, min_rank, variant, recipe, dtype ..., Apply,
+   FluxGuidance, ModelSamplingSD3, ConditioningZeroOut, samplers, VAE Encode/Decode, Save Image,
+   Save Animated WEBP, Plot Loss Graph, the links) runs as shipped.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from .conftest import TINY_UNET, loras_dir
 
 pytestmark = pytest.mark.e2e
 WIDGET_TYPES = {"INT": int, "FLOAT": (int, float), "BOOLEAN": bool, "STRING": str}
+VIDEO_FRAMES = 5  # a Wan length (4k + 1): 2 latent frames
+SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP", "LossGraphNode")
 
 
 def api_twin(name: str) -> dict:
@@ -116,12 +120,14 @@ def tiny_substitute(graph: dict, lora_name: str | None = None) -> dict:
             rewire[(node_id, 0)] = [f"{node_id}_unet", 0]
             rewire[(node_id, 2)] = [f"{node_id}_vae", 0]
             del graph[node_id]
-        elif kind == "DualCLIPLoader":
+        elif kind in ("DualCLIPLoader", "CLIPLoader"):
             del graph[node_id]
         elif kind == "CLIPTextEncode":
             graph[node_id] = {"class_type": "LotusConditioning", "inputs": {}}
         elif kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update(width=64, height=64)
+        elif kind == "EmptyHunyuanLatentVideo":
+            inputs.update(width=64, height=64, length=VIDEO_FRAMES)
         elif kind == "ImageScaleToTotalPixels":
             inputs["megapixels"] = 0.01
         elif kind == "KSampler":
@@ -145,7 +151,7 @@ def of_type(graph: dict, kind: str) -> list[str]:
 
 def assert_ran(comfy, graph: dict, run, trained_prefix: str | None) -> None:
     assert run.succeeded, run.describe()
-    for node_id in of_type(graph, "SaveImage") + of_type(graph, "LossGraphNode"):
+    for node_id in [k for kind in SAVE_NODES for k in of_type(graph, kind)]:
         images = run.outputs(node_id).get("images", [])
         assert images, f"#{node_id} {graph[node_id]['class_type']} saved nothing"
         for image in images:
@@ -191,3 +197,30 @@ def test_flux_train_and_sample_runs_with_tiny_models(comfy):
     assert of_type(graph, "FluxGuidance") and not of_type(graph, "DualCLIPLoader")
     run = comfy.run(graph, timeout=600)
     assert_ran(comfy, graph, run, "tlora/sks_dog_flux")
+
+
+def test_wan_train_and_sample_runs_with_tiny_models(comfy):
+    """wan2.1_t2v_1.3B_fp16.safetensors / wan_2.1_vae.safetensors are a tiny Wan 2.1 T2V model and
+    VAE under those names; umT5 substituted. The photo becomes a one-frame video latent; T-LoRA
+    Train as shipped (family reference recipe: Vanilla, rank 32, min_rank 1, Prodigy), 3 steps;
+    Timestep-Aware Apply on the ModelSamplingSD3-shifted model; a clip sampled, decoded and saved
+    as an animated WEBP with every frame."""
+    if comfy.version() < (0, 33):
+        pytest.skip(f"ComfyUI {'.'.join(map(str, comfy.version()))} builds Wan 2.1 at fixed sizes (text width 4096, "
+                    "VAE width 96): no tiny Wan file runs there; the workflow's twin is validated against its "
+                    "/object_info above")
+    from PIL import Image
+    from safetensors import safe_open
+
+    graph = tiny_substitute(api_twin("wan_train_and_sample"))
+    assert of_type(graph, "ModelSamplingSD3") and of_type(graph, "TLoRA_Apply") and not of_type(graph, "CLIPLoader")
+    run = comfy.run(graph, timeout=600)
+    assert_ran(comfy, graph, run, "tlora/sks_dog_wan")
+    (train,) = of_type(graph, "TLoRA_Train")
+    with safe_open(str(loras_dir(comfy) / run.outputs(train)["tlora_saved"][0]), "pt") as f:
+        metadata = f.metadata()
+    assert (metadata["model_family"], metadata["variant"], metadata["rank"], metadata["min_rank"]) == ("wan21", "vanilla", "32", "1")
+    (save,) = of_type(graph, "SaveAnimatedWEBP")
+    (clip,) = run.outputs(save)["images"]
+    with Image.open(comfy.base_dir / clip["type"] / clip["subfolder"] / clip["filename"]) as webp:
+        assert (webp.n_frames, webp.size) == (VIDEO_FRAMES, (64, 64))

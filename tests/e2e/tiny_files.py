@@ -7,6 +7,11 @@
   conditioning, so no text encoder is needed.
 - A VAE file for ``VAELoader``: a TAESD (ComfyUI detects ``taesd_encoder.*``/``taesd_decoder.*``
   keys), random weights, ~2.4M parameters; encodes images to 4-channel latents and back.
+- Wan 2.1 T2V files for ``UNETLoader`` and ``VAELoader`` (ComfyUI 0.33; 0.3.64 builds both at
+  fixed full sizes): a one-block WanModel with the smallest width detection accepts (one
+  128-wide head) and a text width of 1024 stated in the file's metadata (0.33 reads a diffusion
+  model's config from there), so ``LotusConditioning`` serves as its prompt; and a Wan 2.1 VAE
+  of width 16 (0.33 reads the width from the weights).
 - A PNG for ``LoadImage``.
 
 Only imported by tests that found a ComfyUI checkout (the conftest puts ComfyUI on sys.path).
@@ -14,6 +19,7 @@ Only imported by tests that found a ComfyUI checkout (the conftest puts ComfyUI 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -41,6 +47,45 @@ def write_tiny_taesd(path: Path, latent_channels: int = 4, seed: int = 0) -> Pat
             if name in ("vae_scale", "vae_shift"):
                 continue
             if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+# LotusConditioning's width: the tiny Wan's prompt needs no text encoder
+WAN_TEXT_WIDTH = 1024
+
+
+def write_tiny_wan(path: Path, seed: int = 0) -> Path:
+    """~0.5M parameters, float32. ComfyUI detects the head count as width // 128 and the text width
+    only from the metadata's config."""
+    from tests.nodes import tiny
+
+    model = tiny.build("wan21", seed=seed, changes=dict(dim=128, num_heads=1, ffn_dim=256, text_dim=WAN_TEXT_WIDTH))
+    state = {k: v.detach().contiguous() for k, v in model.model.diffusion_model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"config": json.dumps({"transformer": {"text_dim": WAN_TEXT_WIDTH}})})
+    return path
+
+
+def write_tiny_wan_vae(path: Path, width: int = 16, seed: int = 0) -> Path:
+    """A Wan 2.1 VAE (16 latent channels, 8x spatial and 4x temporal compression) of the given
+    width, ~3.6M parameters at 16. ComfyUI's layers skip initialisation: every weight is set here,
+    the RMS norms' scales to one."""
+    import comfy.ldm.wan.vae
+
+    model = comfy.ldm.wan.vae.WanVAE(dim=width, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                     temperal_downsample=[False, True, True])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+            elif p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)

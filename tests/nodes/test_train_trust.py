@@ -261,6 +261,64 @@ def test_cancel_during_a_preview_stops_within_it_and_keeps_the_checkpoint(tiny, 
     assert load_tlora(str(loras_dir / "tlora/test_00001_step00003_cancelled.safetensors")).training_state["step"].item() == 3
 
 
+def tiny_wan_vae(tmp_path):
+    """ComfyUI's own Wan 2.1 VAE at width 16 (tests/e2e/tiny_files.py), or a skip where ComfyUI
+    builds that VAE at its full width whatever the file holds (0.3.64)."""
+    import comfy.sd
+    import comfy.utils
+
+    from tests.e2e.tiny_files import write_tiny_wan_vae
+
+    state = comfy.utils.load_torch_file(str(write_tiny_wan_vae(tmp_path / "wan21_vae.safetensors")))
+    try:
+        return comfy.sd.VAE(sd=state)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        pytest.skip("this ComfyUI builds the Wan 2.1 VAE 96 wide whatever the file holds (0.3.64): no tiny one loads")
+
+
+def test_video_previews_are_the_first_frame_sampled_as_the_trained_model_samples_it(tiny, helpers, loras_dir, tmp_path,
+                                                                                    monkeypatch):
+    """Wan 2.1 (shift 8) trained on a 3-frame clip: each preview samples one latent frame with the
+    adapter as it is at that step and decodes it with a Wan 2.1 VAE; the last one equals sampling
+    T-LoRA Train's MODEL output that way; previews change neither the adapter nor the loss."""
+    import comfy.sample
+    import comfy.utils
+
+    from tlora_nodes.nodes import previews
+
+    if not tiny.available("wan21"):
+        pytest.skip("this ComfyUI has no WAN21_T2V model class")
+    vae = tiny_wan_vae(tmp_path)
+    model = tiny.with_shift(tiny.build("wan21"), "wan21")
+    assert tiny.LATENT["wan21"][1] == 3  # the training latent is a clip
+    settings = dict(steps=2, init="principal")
+    _, plain, plain_loss = train(helpers, tiny, model, "wan21", **settings)
+
+    shown = []
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute",
+                        lambda self, value, total=None, preview=None: shown.append((value, preview)))
+    prompt = tiny.conditioning("wan21", seed=1)[0]
+    trained, watched, watched_loss, grid = train_all(
+        helpers, tiny, model, "wan21", preview_prompts=prompt, preview_vae=vae, preview_every=1, preview_steps=3,
+        preview_cfg=2.0, preview_seed=4, **settings,
+    )
+    assert same(plain, watched) and plain_loss == watched_loss
+    # steps 1 and 2: two columns of one 64x64 frame (an 8x8 latent frame)
+    assert grid.shape == (1, 64, 2 * 64, 3)
+    assert [value for value, preview in shown if preview is not None] == [1, 2]
+
+    latent = torch.zeros(1, 16, 1, 8, 8)  # one latent frame: the first frame of the clip
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(4))
+    samples = comfy.sample.sample(trained, noise, 3, 2.0, "euler", "simple", prompt, [previews._zeroed(prompt[0])], latent,
+                                  seed=4, disable_pbar=True)
+    frames = vae.decode(samples)
+    assert frames.shape == (1, 1, 64, 64, 3)
+    torch.testing.assert_close(grid[0, :, 64:], frames[0, 0].clamp(0, 1), atol=1e-5, rtol=0)
+    assert not torch.equal(grid[0, :, :64], grid[0, :, 64:])  # the adapter moved between the steps
+
+
 # -- the recipe -------------------------------------------------------------------------------------------------
 class Guidance:
     """The guidance every training model call passed to the FLUX network."""

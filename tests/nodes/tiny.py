@@ -186,12 +186,12 @@ def _fill(model: torch.nn.Module, seed: int) -> None:
                 b.copy_(torch.randn(b.shape, generator=g) * 0.02)
 
 
-def _config(kind: str, dtype: torch.dtype):
-    """The family's supported_models config for its tiny unet_config; a key this ComfyUI's model
-    class doesn't know (a newer version's) is dropped."""
+def _config(kind: str, dtype: torch.dtype, changes: dict | None = None):
+    """The family's supported_models config for its tiny unet_config (with ``changes``); a key
+    this ComfyUI's model class doesn't know (a newer version's) is dropped."""
     class_name, unet_config = BASE.get(kind) or ALL_FAMILIES[kind][:2]
     config_class = getattr(comfy.supported_models, class_name)
-    unet_config = dict(unet_config)
+    unet_config = dict(unet_config, **(changes or {}))
     while True:
         model_config = config_class(dict(unet_config, dtype=dtype))
         model_config.set_inference_dtype(dtype, None)
@@ -205,9 +205,11 @@ def _config(kind: str, dtype: torch.dtype):
             del unet_config[unknown.group(1)]
 
 
-def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None) -> comfy.model_patcher.ModelPatcher:
-    """kind: "sd15", "sd2", "sdxl", "flux" or a key of ALL_FAMILIES."""
-    model_config = _config(kind, dtype)
+def build(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, model_type=None,
+          changes: dict | None = None) -> comfy.model_patcher.ModelPatcher:
+    """kind: "sd15", "sd2", "sdxl", "flux" or a key of ALL_FAMILIES; ``changes``: entries of its
+    tiny unet_config to replace (e.g. the sizes ComfyUI's detection of a file needs)."""
+    model_config = _config(kind, dtype, changes)
     if model_type is not None:
         model = comfy.model_base.Flux(model_config, model_type=model_type) if kind == "flux" else comfy.model_base.BaseModel(model_config, model_type=model_type)
         if kind == "sdxl":
