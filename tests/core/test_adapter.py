@@ -85,12 +85,15 @@ def test_gradients_match_autograd_of_the_spec_formula(variant, per_row, x_shape)
     layer = perturb(make(variant)).layer("b.to_out.0")  # 40 -> 16, rank 16
     schedule = make(variant).schedule
     mask = schedule.mask_at(torch.tensor([10, 990, 500])) if per_row else schedule.mask_at(400)
-    x = torch.randn(x_shape, requires_grad=True)
-    upstream = torch.randn(*x_shape[:-1], 16, dtype=torch.float64)
+    g = torch.Generator().manual_seed(len(x_shape) * 4 + 2 * per_row + (variant == "tlora"))
+    x = torch.randn(x_shape, generator=g).requires_grad_()
+    upstream = torch.randn(*x_shape[:-1], 16, dtype=torch.float64, generator=g)
     ours = _gradients(layer, x, mask, upstream, lambda lay, x, m: lay.delta(x, m))
     spec = _gradients(layer, x, mask, upstream, direct_delta)
     for got, want in zip(ours, spec):
-        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6)
+        # ours runs in float32: each entry sums tens of products, each rounded by 2^-24 of the
+        # largest terms, so the bound is relative to the gradient's scale, not absolute
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6 * max(1.0, want.abs().max().item()))
     if variant == "tlora":
         assert layer.q0.grad is None and layer.p0.grad is None and layer.lam0.grad is None
 
