@@ -41,15 +41,27 @@ def write_tiny_taesd(path: Path, latent_channels: int = 4, seed: int = 0) -> Pat
     import comfy.taesd.taesd
 
     model = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
+    _randomise(model, seed, keep=lambda name: name in ("vae_scale", "vae_shift"))
+    return _save(model, path)
+
+
+def _randomise(model: torch.nn.Module, seed: int, keep=lambda name: False, ones=lambda name: False) -> None:
+    """Every parameter set from ``seed`` (ComfyUI's layers skip initialisation): matrices and
+    kernels scaled by their fan-in, vectors small; ``keep`` left as built, ``ones`` set to one."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name in ("vae_scale", "vae_shift"):
+            if keep(name):
                 continue
-            if p.dim() >= 2:
+            if ones(name):
+                p.fill_(1.0)
+            elif p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def _save(model: torch.nn.Module, path: Path) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
@@ -80,19 +92,8 @@ def write_tiny_wan_vae(path: Path, width: int = 16, seed: int = 0) -> Path:
 
     model = comfy.ldm.wan.vae.WanVAE(dim=width, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                      temperal_downsample=[False, True, True])
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(1.0)
-            elif p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    return path
+    _randomise(model, seed, ones=lambda name: name.endswith("gamma"))  # RMS norms' scales
+    return _save(model, path)
 
 
 def write_png(path: Path, size: int = 64, seed: int = 0) -> Path:
